@@ -1,0 +1,1 @@
+"""lit_gp: gradient penalties for PyTorch Lightning."""
