@@ -1,0 +1,18 @@
+"""The one exception type for bad user input."""
+
+
+class ConfigError(ValueError):
+    """A user-supplied value is not allowed.
+
+    ``key`` is the option's path relative to the object that raised it (``"penalty.weight"``,
+    ``"num_samples"``); ``train.py`` prefixes the config group (``model.``, ``data.``) and prints
+    one line instead of a traceback.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+    def with_prefix(self, prefix: str) -> "ConfigError":
+        return ConfigError(f"{prefix}.{self.key}" if prefix else self.key, self.message)
