@@ -16,3 +16,9 @@ class ConfigError(ValueError):
 
     def with_prefix(self, prefix: str) -> "ConfigError":
         return ConfigError(f"{prefix}.{self.key}" if prefix else self.key, self.message)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

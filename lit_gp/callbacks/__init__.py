@@ -1,0 +1,6 @@
+"""Lightning callbacks."""
+
+from lit_gp.callbacks.step_limit import GeneratorStepLimit
+from lit_gp.callbacks.toy_plot import ToyPlot
+
+__all__ = ["GeneratorStepLimit", "ToyPlot"]

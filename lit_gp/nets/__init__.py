@@ -1,0 +1,5 @@
+"""Generators and critics: plain ``nn.Module``s."""
+
+from lit_gp.nets.mlp import MLPCritic, MLPGenerator
+
+__all__ = ["MLPCritic", "MLPGenerator"]

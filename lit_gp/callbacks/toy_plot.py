@@ -1,0 +1,176 @@
+"""The WGAN-GP paper's toy figure: critic contours with real and generated samples on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from lit_gp.errors import ConfigError
+from lit_gp.wandb_utils import GENERATOR_STEP_KEY
+
+_GRID_CHUNK = 8192  # critic evaluations per forward pass; bounds memory for wide critics
+
+
+class ToyPlot(pl.Callback):
+    """Draw the critic's contours, real samples (orange) and generated samples (green).
+
+    Works with a LightningModule exposing ``critic`` (``(N, 2) -> (N,)`` or ``(N, 1)``),
+    ``sample(n)`` and ``generator_step``, and a datamodule exposing ``reference_samples(n)``.
+    Without ``reference_samples`` or for data that is not 2-D it does nothing.
+
+    Draws every ``every_n_generator_steps`` generator updates and once when training ends, into
+    ``<default_root_dir>/samples/step_{generator_step:06d}.png`` and, for a ``WandbLogger``, as
+    ``val/samples``.
+    """
+
+    def __init__(
+        self, every_n_generator_steps: int = 500, num_samples: int = 1000, grid_size: int = 100
+    ) -> None:
+        for key, value, minimum in (
+            ("every_n_generator_steps", every_n_generator_steps, 1),
+            ("num_samples", num_samples, 1),
+            ("grid_size", grid_size, 2),
+        ):
+            if value < minimum:
+                raise ConfigError(key, f"must be at least {minimum}, got {value}")
+        self.every_n_generator_steps = every_n_generator_steps
+        self.num_samples = num_samples
+        self.grid_size = grid_size
+        self.last_drawn_step: int | None = None
+        # Fixed per fit so that successive frames share axes and the same real points.
+        self._reference: np.ndarray | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reference = None
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = int(pl_module.generator_step)
+        # With n_critic > 1 the generator step stays put for several batches: draw it once.
+        if step > 0 and step % self.every_n_generator_steps == 0 and step != self.last_drawn_step:
+            self._draw(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if int(pl_module.generator_step) != self.last_drawn_step:
+            self._draw(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_drawn_step": self.last_drawn_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_drawn_step = state_dict.get("last_drawn_step")
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = int(pl_module.generator_step)
+        self.last_drawn_step = step
+        if not trainer.is_global_zero:
+            return
+        # Plotting must not change training: fork the RNGs the samplers draw from.
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        numpy_state = np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                arrays = self._evaluate(trainer, pl_module)
+        finally:
+            np.random.set_state(numpy_state)
+        if arrays is None:
+            return
+        image = _render(*arrays, step=step)
+
+        path = Path(trainer.default_root_dir) / "samples" / f"step_{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        self._log_image(trainer, image, step)
+
+    def _evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[np.ndarray, ...] | None:
+        """Real and fake points and the critic on a grid, or None if there is nothing to draw."""
+        if self._reference is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            reference_samples = getattr(datamodule, "reference_samples", None)
+            if reference_samples is None:
+                return None
+            reference = torch.as_tensor(reference_samples(self.num_samples))
+            if reference.ndim != 2 or reference.shape[1] != 2:
+                return None
+            self._reference = reference.detach().float().cpu().numpy()
+        real = self._reference
+
+        low, high = real.min(axis=0) - 0.5, real.max(axis=0) + 0.5
+        xs = np.linspace(low[0], high[0], self.grid_size, dtype=np.float32)
+        ys = np.linspace(low[1], high[1], self.grid_size, dtype=np.float32)
+        xx, yy = np.meshgrid(xs, ys)
+        grid = torch.from_numpy(np.stack([xx.ravel(), yy.ravel()], axis=1)).to(pl_module.device)
+
+        critic = pl_module.critic
+        was_training = critic.training
+        critic.eval()
+        try:
+            with torch.no_grad():
+                values = torch.cat([critic(chunk).reshape(-1) for chunk in grid.split(_GRID_CHUNK)])
+                fake = pl_module.sample(self.num_samples)
+        finally:
+            critic.train(was_training)
+        zz = values.float().cpu().numpy().reshape(xx.shape)
+        return xx, yy, zz, real, fake.detach().float().cpu().numpy()
+
+    def _log_image(self, trainer: pl.Trainer, image: Image.Image, step: int) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                # One row holding both the image and the generator step (what log_image does
+                # plus the step), so the image sits on the generator-step axis even when
+                # define_generator_step_axis was not called.
+                logger.log_metrics(
+                    {
+                        "val/samples": [wandb.Image(image, caption=f"generator step {step}")],
+                        GENERATOR_STEP_KEY: step,
+                    },
+                    step=trainer.global_step,
+                )
+
+
+def _render(
+    xx: np.ndarray, yy: np.ndarray, zz: np.ndarray, real: np.ndarray, fake: np.ndarray, step: int
+) -> Image.Image:
+    # Figure + FigureCanvasAgg instead of pyplot: no global figure registry, no backend switch.
+    fig = Figure(figsize=(5, 5), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    title = f"generator step {step}"
+    finite = np.isfinite(zz).all()
+    if finite and np.ptp(zz) > 0:
+        filled = ax.contourf(xx, yy, zz, levels=20, cmap="Blues", alpha=0.6)
+        ax.contour(xx, yy, zz, levels=20, colors="k", linewidths=0.3, alpha=0.4)
+        fig.colorbar(filled, ax=ax, fraction=0.046, pad=0.04, label="critic(x)")
+    elif not finite:
+        title += " (critic not finite)"
+    ax.scatter(real[:, 0], real[:, 1], s=4, c="tab:orange", alpha=0.6, label="real")
+    ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:green", alpha=0.6, label="generated")
+    ax.set_xlim(xx.min(), xx.max())
+    ax.set_ylim(yy.min(), yy.max())
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper right", markerscale=3, fontsize="small")
+    fig.tight_layout()
+    canvas.draw()
+    image = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
+    fig.clear()
+    return image

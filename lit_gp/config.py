@@ -1,0 +1,73 @@
+"""Building objects from Hydra-style specs, with errors that name the config key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lit_gp.errors import ConfigError, first_line
+
+Spec = Mapping[str, Any]
+
+
+def is_spec(value: Any) -> bool:
+    """True for a mapping (dict or DictConfig), the form a ``_target_`` spec takes."""
+    return isinstance(value, (Mapping, DictConfig))
+
+
+def plain(value: Any) -> Any:
+    """Hydra containers to plain dicts/lists, so checkpoints load with weights_only=True."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def build(spec: Any, key: str, partial: bool = False, recursive: bool = True, **kwargs: Any) -> Any:
+    """Instantiate a ``_target_`` spec (objects pass through unchanged).
+
+    A :class:`ConfigError` raised while building is re-raised with ``key`` prefixed; any other
+    failure becomes a ConfigError naming ``key`` and the target.
+    """
+    if not is_spec(spec):
+        return spec
+    if "_target_" not in spec:
+        raise ConfigError(key, "needs a _target_ naming the class or function to use")
+    container = spec if recursive is False else plain(spec)
+    try:
+        return instantiate(
+            container, _partial_=partial, _recursive_=recursive, _convert_="all", **kwargs
+        )
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause.with_prefix(key) from None
+        message = first_line(cause or error)
+        raise ConfigError(key, f"cannot build {spec['_target_']}: {message}") from None
+    except ConfigError as error:
+        raise error.with_prefix(key) from None
+
+
+def _multiply(*factors: int) -> int:
+    product = 1
+    for factor in factors:
+        product *= int(factor)
+    return product
+
+
+def _add(*terms: int) -> int:
+    return sum(int(term) for term in terms)
+
+
+def register_resolvers() -> None:
+    """Integer arithmetic for configs that convert generator steps into Lightning's units:
+    ``${lit_gp.mul:a,b}`` (product) and ``${lit_gp.add:a,b}`` (sum)."""
+    OmegaConf.register_new_resolver("lit_gp.mul", _multiply, replace=True)
+    OmegaConf.register_new_resolver("lit_gp.add", _add, replace=True)

@@ -1,0 +1,58 @@
+"""Fully connected generator and critic (the WGAN-GP paper's toy networks)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lit_gp.errors import ConfigError
+
+
+def _check_positive(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+def _mlp(input_dim: int, output_dim: int, hidden_dim: int, num_layers: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = input_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+        width = hidden_dim
+    layers.append(nn.Linear(width, output_dim))
+    return nn.Sequential(*layers)
+
+
+class MLPGenerator(nn.Module):
+    """Maps Gaussian noise of size ``latent_dim`` to points of size ``output_dim`` through
+    ``num_layers`` ReLU layers of width ``hidden_dim`` (paper: 3 x 512, noise dim 2)."""
+
+    def __init__(
+        self, latent_dim: int = 2, output_dim: int = 2, hidden_dim: int = 512, num_layers: int = 3
+    ) -> None:
+        super().__init__()
+        _check_positive(
+            latent_dim=latent_dim,
+            output_dim=output_dim,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+        )
+        self.latent_dim = latent_dim
+        self.output_shape = (output_dim,)
+        self.net = _mlp(latent_dim, output_dim, hidden_dim, num_layers)
+
+    def forward(self, noise: Tensor) -> Tensor:
+        return self.net(noise)
+
+
+class MLPCritic(nn.Module):
+    """Scores points of size ``input_dim`` with ``num_layers`` ReLU layers of width
+    ``hidden_dim`` and a linear output; returns shape (B,)."""
+
+    def __init__(self, input_dim: int = 2, hidden_dim: int = 512, num_layers: int = 3) -> None:
+        super().__init__()
+        _check_positive(input_dim=input_dim, hidden_dim=hidden_dim, num_layers=num_layers)
+        self.net = _mlp(input_dim, 1, hidden_dim, num_layers)
+
+    def forward(self, points: Tensor) -> Tensor:
+        return self.net(points.flatten(1)).squeeze(1)

@@ -1,0 +1,87 @@
+"""W&B helpers: pick a mode without prompting, close runs, plot against generator steps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import wandb
+
+GENERATOR_STEP_KEY = "train/generator_step"
+
+
+def _has_stored_credentials() -> bool:
+    """Whether wandb would find credentials (env, netrc, settings files) without prompting."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        from wandb.errors import AuthenticationError
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+    except ImportError:  # older wandb: its own non-prompting lookup lives on wandb.api
+        return bool(wandb.api.api_key)
+
+    host = wandb_setup.singleton().settings.base_url
+    try:
+        # The same lookup wandb.init does (session, WANDB_API_KEY / identity token file, netrc,
+        # settings files), minus the prompt and without storing the result in the session.
+        auth = wbauth.authenticate_session(
+            host=host, source="lit_gp", prompt=False, update_session=False
+        )
+    except AuthenticationError:
+        # A key exists but is malformed: go online so wandb.init reports the real problem
+        # instead of us silently logging offline.
+        return True
+    return auth is not None
+
+
+def choose_wandb_mode(save_dir: str | os.PathLike[str]) -> str:
+    """Return the mode a ``WandbLogger`` should run in, never prompting for a login.
+
+    ``WANDB_MODE`` wins if set. Otherwise ``"online"`` when wandb finds stored credentials, else
+    ``"offline"`` with one printed line explaining how to upload the run later.
+    """
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode
+    if _has_stored_credentials():
+        return "online"
+    wandb_dir = Path(save_dir) / "wandb"
+    print(
+        f"W&B: no login found, logging offline to {wandb_dir}; "
+        f"upload later with: wandb sync {wandb_dir}/offline-run-*"
+    )
+    return "offline"
+
+
+def finish_wandb() -> None:
+    """Finish the active W&B run, if any.
+
+    ``WandbLogger`` reuses an open run and never finishes it, so without this consecutive jobs of
+    a Hydra multirun in one process would all log into the first job's run.
+    """
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def define_generator_step_axis(logger: Any) -> None:
+    """Make W&B plot every metric (``train/*``, ``val/*`` and the rest) against the generator step.
+
+    Lightning's ``global_step`` counts every optimizer step (critic and generator), so with
+    ``n_critic`` critic updates it runs ``n_critic + 1`` times faster than training progresses.
+    ``trainer/global_step`` is still logged on every row. No-op for loggers other than
+    ``WandbLogger``.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return
+    run = logger.experiment
+    run.define_metric(GENERATOR_STEP_KEY)
+    # "*" is redefined too: WandbLogger already mapped "*" to trainer/global_step, and wandb-core
+    # picks among overlapping globs in random (Go map) order, so without it a val/* key would land
+    # on either axis (measured: 1-2 of 8 keys got the generator step).
+    for pattern in ("train/*", "val/*", "*"):
+        # step_sync fills in the last generator step on rows that lack it (e.g. an image row).
+        run.define_metric(pattern, step_metric=GENERATOR_STEP_KEY, step_sync=True)
