@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,10 @@ from lit_gp.config import Spec, build, is_spec, plain
 from lit_gp.errors import ConfigError
 from lit_gp.losses import get_loss
 from lit_gp.metrics import ModeCoverage, WassersteinEstimate
+
+# ModelCheckpoint(every_n_train_steps) warns under manual optimization that it saves the state
+# after the optimizer step; for a GAN that is the state to resume from.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {
     "_target_": "torch.optim.Adam",

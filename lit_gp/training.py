@@ -80,6 +80,15 @@ def make_logger(cfg: DictConfig) -> Any:
     return logger
 
 
+def save_final_checkpoint(trainer: L.Trainer) -> None:
+    """Write ``last.ckpt`` at the end of training. ModelCheckpoint only writes it with a periodic
+    save (or when nothing was saved), so a run ending between saves would leave a stale one."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.save_last or callback.dirpath is None:
+        return
+    trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt")
+
+
 def _generator_step_limit(generator_steps: Any) -> GeneratorStepLimit:
     try:
         return GeneratorStepLimit(generator_steps)
@@ -110,6 +119,7 @@ def train(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             define_generator_step_axis(logger)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        save_final_checkpoint(trainer)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         summary = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
         log.info("finished at generator step %d: %s", model.generator_step, summary)

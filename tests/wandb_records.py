@@ -35,6 +35,8 @@ class RunRecords:
     path: Path
     run_id: str = ""
     project: str = ""
+    group: str = ""
+    name: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -95,6 +97,7 @@ def _parse(data: bytes, path: Path) -> RunRecords:
             out.history.append(row)
         elif kind == "run":
             out.run_id, out.project = record.run.run_id, record.run.project
+            out.group, out.name = record.run.run_group, record.run.display_name
             _apply(out.config, record.run.config)
             _apply(out.summary, record.run.summary)
         elif kind == "config":

@@ -13,11 +13,24 @@ def _check_positive(**sizes: int) -> None:
             raise ConfigError(name, f"must be a positive integer, got {value!r}")
 
 
-def _mlp(input_dim: int, output_dim: int, hidden_dim: int, num_layers: int) -> nn.Sequential:
+NORMS = ("none", "layer", "batch")
+
+
+def _norm_layer(norm: str, width: int) -> list[nn.Module]:
+    if norm == "layer":
+        return [nn.LayerNorm(width)]
+    if norm == "batch":
+        return [nn.BatchNorm1d(width)]
+    return []
+
+
+def _mlp(
+    input_dim: int, output_dim: int, hidden_dim: int, num_layers: int, norm: str = "none"
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = input_dim
     for _ in range(num_layers):
-        layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+        layers += [nn.Linear(width, hidden_dim), *_norm_layer(norm, hidden_dim), nn.ReLU()]
         width = hidden_dim
     layers.append(nn.Linear(width, output_dim))
     return nn.Sequential(*layers)
@@ -47,12 +60,20 @@ class MLPGenerator(nn.Module):
 
 class MLPCritic(nn.Module):
     """Scores points of size ``input_dim`` with ``num_layers`` ReLU layers of width
-    ``hidden_dim`` and a linear output; returns shape (B,)."""
+    ``hidden_dim`` and a linear output; returns shape (B,).
 
-    def __init__(self, input_dim: int = 2, hidden_dim: int = 512, num_layers: int = 3) -> None:
+    ``norm`` is ``"none"`` (the paper's), ``"layer"`` or ``"batch"``; BatchNorm couples the
+    samples of a batch, so the gradient penalties refuse a critic that has it.
+    """
+
+    def __init__(
+        self, input_dim: int = 2, hidden_dim: int = 512, num_layers: int = 3, norm: str = "none"
+    ) -> None:
         super().__init__()
         _check_positive(input_dim=input_dim, hidden_dim=hidden_dim, num_layers=num_layers)
-        self.net = _mlp(input_dim, 1, hidden_dim, num_layers)
+        if norm not in NORMS:
+            raise ConfigError("norm", f"must be one of {', '.join(NORMS)}, got {norm!r}")
+        self.net = _mlp(input_dim, 1, hidden_dim, num_layers, norm)
 
     def forward(self, points: Tensor) -> Tensor:
         return self.net(points.flatten(1)).squeeze(1)

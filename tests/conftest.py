@@ -1,0 +1,75 @@
+"""Shared fixtures: Hydra-composed configs for in-process runs, and the real entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small and fast: a few generator steps on narrow nets, no logger unless a test asks for one.
+FAST = [
+    "generator_steps=3",
+    "val_every_generator_steps=2",
+    "model.generator.hidden_dim=32",
+    "model.critic.hidden_dim=32",
+    "data.num_train=1024",
+    "data.num_val=256",
+    "data.batch_size=64",
+    "model.num_eval_samples=256",
+    "logger=none",
+    "callbacks.toy_plot.num_samples=64",
+    "callbacks.toy_plot.grid_size=16",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture
+def compose_config(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/config.yaml with overrides, its output directory in tmp_path (as a Hydra run
+    would set it), ready for ``lit_gp.training.train``."""
+
+    def _compose(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[*FAST, *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir or tmp_path)
+            cfg.hydra.job.name = "test"
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_train(
+    *args: str, cwd: Path, env: dict[str, str | None] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run the real ``train.py`` in a subprocess (``env`` values of None unset a variable)."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for name, value in (env or {}).items():
+        if value is None:
+            full_env.pop(name, None)
+        else:
+            full_env[name] = value
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

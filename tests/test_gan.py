@@ -1,0 +1,184 @@
+"""GANModule: step counting, phases, checkpoints and resume, on tiny nets and data."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_gp import ConfigError, GANModule, penalties
+from lit_gp.callbacks import GeneratorStepLimit
+from lit_gp.data import ToyDataModule
+from lit_gp.nets import MLPCritic, MLPGenerator
+
+NETS = {
+    "generator": {"_target_": "lit_gp.nets.MLPGenerator", "hidden_dim": 16},
+    "critic": {"_target_": "lit_gp.nets.MLPCritic", "hidden_dim": 16},
+}
+
+
+def make_module(n_critic: int = 3, **kwargs) -> GANModule:
+    penalty = kwargs.pop("penalty", {"_target_": "lit_gp.penalties.wgan_gp", "weight": 10})
+    return GANModule(**NETS, penalty=penalty, n_critic=n_critic, **kwargs)
+
+
+def make_trainer(root: Path, generator_steps: int, callbacks=()) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=root,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        val_check_interval=10_000,
+        callbacks=[GeneratorStepLimit(generator_steps), *callbacks],
+    )
+
+
+def data() -> ToyDataModule:
+    return ToyDataModule(batch_size=32, num_train=640, num_val=64)
+
+
+def adam_steps(optimizer: torch.optim.Optimizer) -> int:
+    state = next(iter(optimizer.state.values()))
+    return int(state["step"])
+
+
+def test_generator_step_counts_every_n_critic_batches(tmp_path: Path) -> None:
+    module = make_module(n_critic=3)
+    trainer = make_trainer(tmp_path, generator_steps=4)
+    trainer.fit(module, datamodule=data())
+    critic_optimizer, generator_optimizer = module.optimizers()
+    assert module.generator_step == 4
+    assert adam_steps(critic_optimizer) == 12  # one fresh real batch per critic step
+    assert adam_steps(generator_optimizer) == 4
+    assert trainer.fit_loop.total_batch_idx + 1 == 12
+    # Lightning's global_step counts every optimizer step: n_critic + 1 per generator step.
+    assert trainer.global_step == 16
+
+
+def test_checkpoint_loads_without_config_and_samples(tmp_path: Path) -> None:
+    module = make_module(n_critic=2)
+    trainer = make_trainer(tmp_path, generator_steps=3)
+    trainer.fit(module, datamodule=data())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    loaded = GANModule.load_from_checkpoint(path)
+    assert loaded.generator_step == 3
+    assert loaded.hparams.penalty["_target_"] == "lit_gp.penalties.wgan_gp"
+    for original, restored in zip(
+        module.generator.parameters(), loaded.generator.parameters(), strict=True
+    ):
+        torch.testing.assert_close(original, restored)
+    samples = loaded.sample(5)
+    assert samples.shape == (5, 2)
+    assert not samples.requires_grad
+    torch.manual_seed(1)
+    expected = module.sample(5)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loaded.sample(5), expected)
+
+
+def test_resume_continues_counters_optimizers_and_phase(tmp_path: Path) -> None:
+    # With n_critic=3, global_step runs 1, 2, (3 critic + 1 generator =) 4, 5, 6, 8, ...
+    # Saving every 2 optimizer steps catches step=6: one generator step done and 2 of the next
+    # cycle's 3 critic steps taken.
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=2, save_top_k=-1
+    )
+    first = make_module(n_critic=3)
+    make_trainer(tmp_path, generator_steps=2, callbacks=[checkpoint]).fit(first, datamodule=data())
+    mid_cycle = tmp_path / "ckpt" / "step=6.ckpt"
+    assert mid_cycle.is_file()
+    state = torch.load(mid_cycle, weights_only=True)["lit_gp"]
+    assert state == {"generator_step": 1, "critic_steps_in_cycle": 2}
+
+    resumed = make_module(n_critic=3)
+    trainer = make_trainer(tmp_path, generator_steps=3)
+    trainer.fit(resumed, datamodule=data(), ckpt_path=mid_cycle)
+    critic_optimizer, generator_optimizer = resumed.optimizers()
+    assert resumed.generator_step == 3
+    assert resumed.critic_steps_in_cycle == 0
+    # 2 critic steps before the checkpoint + 1 to finish the cycle + 3 + 3.
+    assert adam_steps(critic_optimizer) == 9
+    assert adam_steps(generator_optimizer) == 3
+    assert trainer.global_step == 12
+
+
+def test_resume_past_the_limit_takes_no_step(tmp_path: Path) -> None:
+    module = make_module(n_critic=1)
+    trainer = make_trainer(tmp_path, generator_steps=2)
+    trainer.fit(module, datamodule=data())
+    path = tmp_path / "done.ckpt"
+    trainer.save_checkpoint(path)
+    again = make_module(n_critic=1)
+    trainer = make_trainer(tmp_path, generator_steps=2)
+    trainer.fit(again, datamodule=data(), ckpt_path=path)
+    assert again.generator_step == 2
+    assert trainer.global_step == 4
+
+
+def test_objects_instead_of_specs() -> None:
+    module = GANModule(
+        generator=MLPGenerator(hidden_dim=8),
+        critic=MLPCritic(hidden_dim=8),
+        penalty=functools.partial(penalties.r1, gamma=1.0),
+        loss="non_saturating",
+        n_critic=1,
+    )
+    assert "generator" not in module.hparams  # objects are not hyperparameters
+    assert module.hparams.loss == "non_saturating"
+    assert module.sample(3).shape == (3, 2)
+
+
+def test_lr_scheduler_steps_once_per_generator_step(tmp_path: Path) -> None:
+    linear_decay = {
+        "_target_": "torch.optim.lr_scheduler.LinearLR",
+        "start_factor": 1.0,
+        "end_factor": 0.0,
+        "total_iters": 4,
+    }
+    module = make_module(n_critic=2, generator_scheduler=linear_decay)
+    make_trainer(tmp_path, generator_steps=2).fit(module, datamodule=data())
+    critic_optimizer, generator_optimizer = module.optimizers()
+    assert generator_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5)
+    assert critic_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"n_critic": 0}, "n_critic"),
+        ({"loss": "least_squares"}, "loss"),
+        ({"penalty": {"_target_": "lit_gp.penalties.wgan_gp", "weight": -1}}, "penalty.weight"),
+        ({"penalty": {"_target_": "lit_gp.penalties.r1", "weight": 1}}, "penalty.weight"),
+        ({"penalty": {"_target_": "lit_gp.penalties.nope"}}, "penalty._target_"),
+        ({"num_eval_samples": 0}, "num_eval_samples"),
+    ],
+)
+def test_bad_values_name_the_key(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        make_module(**kwargs)
+    assert error.value.key == key
+
+
+def test_batch_norm_critic_refused_unless_allowed() -> None:
+    critic = {"_target_": "lit_gp.nets.MLPCritic", "hidden_dim": 8, "norm": "batch"}
+    with pytest.raises(ConfigError, match="BatchNorm") as error:
+        GANModule(
+            generator=NETS["generator"],
+            critic=critic,
+            penalty={"_target_": "lit_gp.penalties.wgan_gp"},
+        )
+    assert error.value.key == "critic"
+    allowed = {"_target_": "lit_gp.penalties.wgan_gp", "allow_batch_norm": True}
+    GANModule(generator=NETS["generator"], critic=critic, penalty=allowed)
+    # Without a penalty nothing is per-sample, so BatchNorm is fine.
+    GANModule(generator=NETS["generator"], critic=critic, penalty=None)
