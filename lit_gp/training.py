@@ -66,17 +66,19 @@ def make_logger(cfg: DictConfig) -> Any:
         for key, value in _wandb_run_names(_hydra_config()).items()
         if spec.get(key) is None
     }
-    mode = choose_wandb_mode(spec.get("save_dir") or ".")
-    if mode == "offline":
-        overrides["offline"] = True
+    # WandbLogger(offline=True) sets WANDB_MODE=dryrun for the whole process, and wandb 0.31
+    # then still asks for a login; wandb.init(mode="offline") does not.
+    mode = "offline" if spec.get("offline") else choose_wandb_mode(spec.get("save_dir") or ".")
+    overrides["offline"] = False
+    if mode in ("offline", "disabled"):
+        overrides["mode"] = mode
     logger = build(spec, "logger", **overrides)
     if mode == "online":
         try:
             logger.experiment  # noqa: B018 (starts the run now, so a dead network shows here)
         except Exception as error:
             print(f"W&B: could not start an online run ({first_line(error)}); logging offline")
-            overrides["offline"] = True
-            logger = build(spec, "logger", **overrides)
+            logger = build(spec, "logger", **overrides, mode="offline")
     return logger
 
 

@@ -355,7 +355,7 @@ def test_dragan_one_alpha_per_sample_and_population_std(monkeypatch):
 
     (points,) = critic.inputs
     # x + alpha_i * c * std * u = x + alpha_i * 0.5 * 2 * 1
-    shift = (1.0 * alpha).view(-1, 1, 1, 1).expand_as(real)
+    shift = (0.5 * 2.0 * alpha).view(-1, 1, 1, 1).expand_as(real)
     torch.testing.assert_close(points - real, shift, rtol=0, atol=1e-12)
 
 
