@@ -8,6 +8,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lit_gp.errors import ConfigError, first_line
 
@@ -40,8 +41,8 @@ def build(spec: Any, key: str, partial: bool = False, recursive: bool = True, **
         return spec
     if "_target_" not in spec:
         raise ConfigError(key, "needs a _target_ naming the class or function to use")
-    container = spec if recursive is False else plain(spec)
     try:
+        container = spec if recursive is False else plain(spec)
         return instantiate(
             container, _partial_=partial, _recursive_=recursive, _convert_="all", **kwargs
         )
@@ -53,17 +54,27 @@ def build(spec: Any, key: str, partial: bool = False, recursive: bool = True, **
         raise ConfigError(key, f"cannot build {spec['_target_']}: {message}") from None
     except ConfigError as error:
         raise error.with_prefix(key) from None
+    except OmegaConfBaseException as error:
+        # A value that does not resolve, e.g. an interpolation of a non-number.
+        raise ConfigError(key, first_line(error)) from None
+
+
+def _integer(value: Any) -> int:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(number)
 
 
 def _multiply(*factors: int) -> int:
     product = 1
     for factor in factors:
-        product *= int(factor)
+        product *= _integer(factor)
     return product
 
 
 def _add(*terms: int) -> int:
-    return sum(int(term) for term in terms)
+    return sum(_integer(term) for term in terms)
 
 
 def register_resolvers() -> None:

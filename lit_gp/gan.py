@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -13,9 +14,10 @@ from torch import Tensor, nn
 
 from lit_gp import penalties
 from lit_gp.config import Spec, build, is_spec, plain
-from lit_gp.errors import ConfigError
+from lit_gp.errors import ConfigError, first_line
 from lit_gp.losses import get_loss
 from lit_gp.metrics import ModeCoverage, WassersteinEstimate
+from lit_gp.wandb_utils import GENERATOR_STEP_KEY
 
 # ModelCheckpoint(every_n_train_steps) warns under manual optimization that it saves the state
 # after the optimizer step; for a GAN that is the state to resume from.
@@ -28,7 +30,9 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {
 }
 
 
-def _penalty_method(spec: Spec) -> Callable[..., penalties.PenaltyResult]:
+def _penalty_from_spec(spec: Spec) -> Callable[..., penalties.PenaltyResult]:
+    """The named penalty of a ``{_target_: lit_gp.penalties.<name>, **options}`` spec with its
+    options bound, after checking the name and every option."""
     target = spec.get("_target_", "")
     try:
         method = get_method(target)
@@ -36,8 +40,28 @@ def _penalty_method(spec: Spec) -> Callable[..., penalties.PenaltyResult]:
         method = None
     if method not in penalties.METHODS.values():
         names = ", ".join(f"lit_gp.penalties.{name}" for name in penalties.METHODS)
-        raise ConfigError("_target_", f"must be one of {names}, got {target!r}")
-    return method
+        raise ConfigError("penalty._target_", f"must be one of {names}, got {target!r}")
+    options = {key: value for key, value in plain(spec).items() if not key.startswith("_")}
+    try:
+        penalties.check_options(method, options)
+    except ConfigError as error:
+        raise error.with_prefix("penalty") from None
+    return functools.partial(method, **options)
+
+
+def _call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
+    """Call an optimizer or scheduler factory; a bad argument becomes a ConfigError on ``key``."""
+    try:
+        return factory(*args)
+    except ConfigError as error:
+        raise error.with_prefix(key) from None
+    except (TypeError, ValueError, KeyError) as error:
+        raise ConfigError(key, first_line(error)) from None
+
+
+# 16-bit floats need the input gradient taken of the loss-scaled output and unscaled before the
+# norm (PyTorch AMP docs, "Gradient penalty"); until that exists these are refused.
+_UNSUPPORTED_PRECISION = ("16-mixed", "16-true", "16", "transformer-engine")
 
 
 class GANModule(L.LightningModule):
@@ -123,29 +147,28 @@ class GANModule(L.LightningModule):
         if not hasattr(self.generator, "latent_dim"):
             raise ConfigError("generator", "must have a latent_dim attribute (the noise size)")
 
-        allow_batch_norm = False
         if is_spec(penalty):
-            options = {k: v for k, v in penalty.items() if k not in ("_target_", "_partial_")}
-            try:
-                penalties.check_options(_penalty_method(penalty), options)
-            except ConfigError as error:
-                raise error.with_prefix("penalty") from None
-            allow_batch_norm = bool(options.get("allow_batch_norm", False))
-        elif penalty is not None:
-            allow_batch_norm = bool(getattr(penalty, "keywords", {}).get("allow_batch_norm"))
+            penalty = _penalty_from_spec(penalty)
+        self.penalty = penalty
         if penalty is not None:
-            # Refuse before training, not at the first critic step.
-            penalties.check_critic(self.critic, allow_batch_norm)
-        self.penalty = build(penalty, "penalty", partial=True)
+            # Refuse a BatchNorm critic before training, not at the first critic step.
+            keywords = getattr(penalty, "keywords", {})
+            penalties.check_critic(self.critic, keywords.get("allow_batch_norm", False))
 
-        self._optimizer_specs = {
-            "critic_optimizer": critic_optimizer or DEFAULT_OPTIMIZER,
-            "generator_optimizer": generator_optimizer or DEFAULT_OPTIMIZER,
+        self._optimizer_factories = {
+            "critic_optimizer": build(
+                critic_optimizer or DEFAULT_OPTIMIZER, "critic_optimizer", partial=True
+            ),
+            "generator_optimizer": build(
+                generator_optimizer or DEFAULT_OPTIMIZER, "generator_optimizer", partial=True
+            ),
         }
-        self._scheduler_specs = {
-            "critic_scheduler": critic_scheduler,
-            "generator_scheduler": generator_scheduler,
+        self._scheduler_factories = {
+            "critic_scheduler": build(critic_scheduler, "critic_scheduler", partial=True),
+            "generator_scheduler": build(generator_scheduler, "generator_scheduler", partial=True),
         }
+        # Build them once now, so a bad learning rate stops before training starts.
+        self._optimizers_and_schedulers()
         self.automatic_optimization = False
 
         # Training phase; saved in checkpoints so a resumed run continues the same cycle.
@@ -168,25 +191,50 @@ class GANModule(L.LightningModule):
 
     # --- optimization --------------------------------------------------------------------------
 
-    def configure_optimizers(self) -> Any:
+    def _optimizers_and_schedulers(self) -> tuple[list[Any], list[Any]]:
         optimizers = [
-            build(spec, name, partial=True)(net.parameters())
-            for (name, spec), net in zip(
-                self._optimizer_specs.items(), (self.critic, self.generator), strict=True
+            _call(self._optimizer_factories[name], name, net.parameters())
+            for name, net in (
+                ("critic_optimizer", self.critic),
+                ("generator_optimizer", self.generator),
             )
         ]
-        schedulers = []
-        for name, optimizer in zip(self._scheduler_specs, optimizers, strict=True):
-            spec = self._scheduler_specs[name]
-            if spec is not None:
-                schedulers.append(build(spec, name, partial=True)(optimizer))
+        schedulers = [
+            _call(factory, name, optimizer)
+            for (name, factory), optimizer in zip(
+                self._scheduler_factories.items(), optimizers, strict=True
+            )
+            if factory is not None
+        ]
         return optimizers, schedulers
+
+    def configure_optimizers(self) -> Any:
+        return self._optimizers_and_schedulers()
+
+    def check_data_shape(self, data_shape: Sequence[int]) -> None:
+        """Refuse nets that do not fit the data: the generator must produce samples of
+        ``data_shape`` and the critic must give one score per sample."""
+        with torch.no_grad():
+            fake = self.generator(self.noise(2))
+            if tuple(fake.shape[1:]) != tuple(data_shape):
+                raise ConfigError(
+                    "generator",
+                    f"makes samples of shape {tuple(fake.shape[1:])}, the data has shape "
+                    f"{tuple(data_shape)}",
+                )
+            try:
+                scores = self.critic(fake)
+            except RuntimeError as error:
+                message = f"cannot score data of shape {tuple(data_shape)}: {first_line(error)}"
+                raise ConfigError("critic", message) from None
+        if scores.numel() != 2:
+            raise ConfigError("critic", f"must give one score per sample, gave {scores.shape}")
 
     def _real_batch(self, batch: Any) -> Tensor:
         # Image data sets yield (image, label); toy sets yield the points alone.
         return batch[0] if isinstance(batch, (list, tuple)) else batch
 
-    def critic_step(self, real: Tensor) -> dict[str, Tensor]:
+    def critic_update(self, real: Tensor) -> dict[str, Tensor]:
         """One critic update on a real batch; returns the detached quantities to log."""
         optimizer = self.optimizers()[0]
         self.toggle_optimizer(optimizer)
@@ -235,7 +283,7 @@ class GANModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         real = self._real_batch(batch)
-        logs = self.critic_step(real)
+        logs = self.critic_update(real)
         self.critic_steps_in_cycle += 1
         if self.critic_steps_in_cycle < self.n_critic:
             return
@@ -245,17 +293,39 @@ class GANModule(L.LightningModule):
         # Logged once per generator step (the cycle's last critic step): self.log costs ~0.1 ms
         # per key, 17% of a toy step when done on every critic step. Lightning keeps the last
         # value for the logger's cadence.
-        logs["train/generator_step"] = torch.tensor(float(self.generator_step))
+        logs[GENERATOR_STEP_KEY] = torch.tensor(float(self.generator_step))
         self.log_dict(logs, on_step=True, on_epoch=False)
         self.log("generator_step", float(self.generator_step), prog_bar=True, logger=False)
 
     # --- validation ----------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        precision = str(self.trainer.precision)
+        if self.penalty is not None and precision in _UNSUPPORTED_PRECISION:
+            raise ConfigError(
+                "trainer.precision",
+                f"{precision} is not supported with a gradient penalty yet (the input gradient "
+                "would need loss scaling); use bf16-mixed or 32-true",
+            )
+        datamodule = self.trainer.datamodule
+        data_shape = getattr(datamodule, "data_shape", None)
+        if data_shape is not None:
+            self.check_data_shape(data_shape)
         modes = getattr(datamodule, "modes", None)
         if modes is not None and self.mode_coverage is None:
             self.mode_coverage = ModeCoverage(modes, datamodule.mode_std).to(self.device)
+
+    def on_validation_start(self) -> None:
+        # Validation draws noise; keep the training trajectory independent of how often it runs.
+        self._rng_state = torch.get_rng_state()
+        self._cuda_rng_state = (
+            torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        )
+
+    def on_validation_end(self) -> None:
+        torch.set_rng_state(self._rng_state)
+        if self._cuda_rng_state is not None:
+            torch.cuda.set_rng_state(self._cuda_rng_state, self.device)
 
     def on_validation_epoch_start(self) -> None:
         self.wasserstein_estimate.reset()
@@ -268,7 +338,7 @@ class GANModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         logs = {
             "val/wasserstein_estimate": self.wasserstein_estimate.compute(),
-            "train/generator_step": float(self.generator_step),
+            GENERATOR_STEP_KEY: float(self.generator_step),
         }
         if self.mode_coverage is not None:
             self.mode_coverage.reset()

@@ -59,6 +59,8 @@ _OPTION_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
 
 def _check_values(options: Mapping[str, Any]) -> None:
     for name, value in options.items():
+        if name == "allow_batch_norm" and not isinstance(value, bool):
+            raise ConfigError(name, f"must be true or false, got {value!r}")
         if name not in _OPTION_RULES:
             continue
         rule, allowed = _OPTION_RULES[name]
@@ -120,7 +122,8 @@ def interpolates(real: Tensor, fake: Tensor) -> Tensor:
     if real.shape != fake.shape:
         raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} differ in shape")
     eps = per_sample(torch.rand(real.shape[0], device=real.device, dtype=real.dtype), real)
-    return torch.lerp(fake, real, eps)
+    # Under autocast the generator's output is bf16 while the data stays fp32.
+    return torch.lerp(fake.to(real.dtype), real, eps)
 
 
 def perturbed_real(real: Tensor, c: float = 0.5) -> Tensor:

@@ -11,31 +11,76 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_class
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
-from lit_gp.config import build
+from lit_gp.config import build, plain
 from lit_gp.errors import ConfigError, first_line
-from lit_gp.wandb_utils import choose_wandb_mode, define_generator_step_axis, finish_wandb
+from lit_gp.gan import GANModule
+from lit_gp.wandb_utils import (
+    choose_wandb_mode,
+    define_generator_step_axis,
+    finish_wandb,
+    offline_hint,
+)
 
 log = logging.getLogger(__name__)
 
-WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+
+def _checkpoint_shape(model_spec: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint fixes: the nets and optimizer classes (their tensors would not load
+    otherwise) and the schedulers (their saved state overrides new arguments, so e.g. a longer
+    linear decay would silently keep the old one). A new learning rate is fine."""
+    shape: dict[str, Any] = {}
+    for key in ("generator", "critic", "critic_scheduler", "generator_scheduler"):
+        shape[key] = model_spec.get(key)
+    for key in ("critic_optimizer", "generator_optimizer"):
+        shape[f"{key}._target_"] = (model_spec.get(key) or {}).get("_target_")
+    return shape
 
 
-def check_checkpoint(path: str | None) -> None:
-    """Refuse a resume path that is missing or is not a lit_gp checkpoint, before training."""
+def _check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"must be an integer <= {maximum}, got {value!r}")
+
+
+def check_run_keys(cfg: DictConfig) -> None:
+    """The top-level keys of ``conf/config.yaml``, checked before anything is built (the configs
+    interpolate them, so a bad value would otherwise surface under another key)."""
+    _check_int("seed", cfg.get("seed"), 0, 2**32 - 1)
+    _check_int("generator_steps", cfg.get("generator_steps"), 1)
+    _check_int("val_every_generator_steps", cfg.get("val_every_generator_steps"), 1)
+
+
+def check_checkpoint(path: str | None, model_cfg: DictConfig) -> None:
+    """Refuse a resume path that is missing, is not a lit_gp checkpoint, or was written with
+    other nets or optimizers than ``model_cfg`` describes, before training."""
     if path is None:
         return
     if not Path(path).is_file():
         raise ConfigError("ckpt_path", f"no checkpoint file at {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         message = f"{path} is not a readable checkpoint ({first_line(error)})"
         raise ConfigError("ckpt_path", message) from None
     if not isinstance(checkpoint, dict) or "lit_gp" not in checkpoint:
         raise ConfigError("ckpt_path", f"{path} is not a lit_gp GANModule checkpoint")
+    saved = _checkpoint_shape(checkpoint.get("hyper_parameters") or {})
+    wanted = _checkpoint_shape(plain(model_cfg))
+    differing = [
+        f"model.{key}" for key, value in wanted.items() if key in saved and saved[key] != value
+    ]
+    if differing:
+        raise ConfigError(
+            "ckpt_path",
+            f"{path} was written with other {', '.join(differing)}; repeat the overrides of the "
+            "run that wrote it (see its .hydra/overrides.yaml)",
+        )
 
 
 def _hydra_config() -> DictConfig | None:
@@ -53,22 +98,30 @@ def _wandb_run_names(hydra_config: DictConfig | None) -> dict[str, str]:
     return names
 
 
+def _is_wandb(spec: DictConfig) -> bool:
+    try:
+        return issubclass(get_class(spec.get("_target_", "")), WandbLogger)
+    except Exception:
+        return False
+
+
 def make_logger(cfg: DictConfig) -> Any:
-    """The configured logger, or False for ``logger=none``. W&B never prompts: without a login it
-    logs offline (one line says how to sync)."""
+    """The configured logger, or False for ``logger=none``. W&B never prompts: without a login
+    (or when the server does not answer) it logs offline and one line says how to sync."""
     spec = cfg.get("logger")
     if not spec:
         return False
-    if spec.get("_target_") != WANDB_LOGGER:
+    if not _is_wandb(spec):
         return build(spec, "logger")
     overrides: dict[str, Any] = {
         key: value
         for key, value in _wandb_run_names(_hydra_config()).items()
         if spec.get(key) is None
     }
+    save_dir = spec.get("save_dir") or "."
     # WandbLogger(offline=True) sets WANDB_MODE=dryrun for the whole process, and wandb 0.31
     # then still asks for a login; wandb.init(mode="offline") does not.
-    mode = "offline" if spec.get("offline") else choose_wandb_mode(spec.get("save_dir") or ".")
+    mode = "offline" if spec.get("offline") else choose_wandb_mode(save_dir)
     overrides["offline"] = False
     if mode in ("offline", "disabled"):
         overrides["mode"] = mode
@@ -77,7 +130,7 @@ def make_logger(cfg: DictConfig) -> Any:
         try:
             logger.experiment  # noqa: B018 (starts the run now, so a dead network shows here)
         except Exception as error:
-            print(f"W&B: could not start an online run ({first_line(error)}); logging offline")
+            print(f"W&B: no online run ({first_line(error)}), {offline_hint(save_dir)}")
             logger = build(spec, "logger", **overrides, mode="offline")
     return logger
 
@@ -91,29 +144,30 @@ def save_final_checkpoint(trainer: L.Trainer) -> None:
     trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt")
 
 
-def _generator_step_limit(generator_steps: Any) -> GeneratorStepLimit:
-    try:
-        return GeneratorStepLimit(generator_steps)
-    except ConfigError as error:
-        raise ConfigError("generator_steps", error.message) from None
-
-
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model; return ``cfg.optimized_metric`` (for sweeps) or None."""
+    check_run_keys(cfg)
+    check_checkpoint(cfg.get("ckpt_path"), cfg.model)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    check_checkpoint(cfg.get("ckpt_path"))
     datamodule = build(cfg.data, "data")
     # The module builds its own nets, penalty and optimizers from the specs, so it can save them
     # as hyperparameters and load from a checkpoint without this config.
-    model = build(cfg.model, "model", recursive=False)
+    model: GANModule = build(cfg.model, "model", recursive=False)
+    data_shape = getattr(datamodule, "data_shape", None)
+    if data_shape is not None:
+        try:
+            model.check_data_shape(data_shape)
+        except ConfigError as error:
+            raise error.with_prefix("model") from None
     callbacks = [
         build(spec, f"callbacks.{name}")
         for name, spec in (cfg.get("callbacks") or {}).items()
         if spec is not None
     ]
-    callbacks.append(_generator_step_limit(cfg.generator_steps))
+    callbacks.append(GeneratorStepLimit(cfg.generator_steps))
     optimized_metric = cfg.get("optimized_metric")
 
+    exit_code = 1
     try:
         logger = make_logger(cfg)
         trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
@@ -125,8 +179,11 @@ def train(cfg: DictConfig) -> float | None:
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         summary = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
         log.info("finished at generator step %d: %s", model.generator_step, summary)
+        exit_code = 0
     finally:
-        finish_wandb()
+        # Always finish: WandbLogger never does, and the next job of a multirun would reuse the
+        # run. A failed job is marked failed on W&B.
+        finish_wandb(exit_code)
 
     if optimized_metric:
         if optimized_metric not in metrics:

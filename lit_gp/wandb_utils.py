@@ -22,8 +22,8 @@ def _has_stored_credentials() -> bool:
     except ImportError:  # older wandb: its own non-prompting lookup lives on wandb.api
         return bool(wandb.api.api_key)
 
-    host = wandb_setup.singleton().settings.base_url
     try:
+        host = wandb_setup.singleton().settings.base_url
         # The same lookup wandb.init does (session, WANDB_API_KEY / identity token file, netrc,
         # settings files), minus the prompt and without storing the result in the session.
         auth = wbauth.authenticate_session(
@@ -33,6 +33,9 @@ def _has_stored_credentials() -> bool:
         # A key exists but is malformed: go online so wandb.init reports the real problem
         # instead of us silently logging offline.
         return True
+    except Exception:
+        # A private wandb API that changed shape: logging offline is the safe answer.
+        return False
     return auth is not None
 
 
@@ -47,22 +50,26 @@ def choose_wandb_mode(save_dir: str | os.PathLike[str]) -> str:
         return mode
     if _has_stored_credentials():
         return "online"
-    wandb_dir = Path(save_dir) / "wandb"
-    print(
-        f"W&B: no login found, logging offline to {wandb_dir}; "
-        f"upload later with: wandb sync {wandb_dir}/offline-run-*"
-    )
+    print(f"W&B: no login found, {offline_hint(save_dir)}")
     return "offline"
 
 
-def finish_wandb() -> None:
+def offline_hint(save_dir: str | os.PathLike[str]) -> str:
+    """Where an offline run goes and how to upload it."""
+    wandb_dir = Path(save_dir) / "wandb"
+    return (
+        f"logging offline to {wandb_dir}; upload later with: wandb sync {wandb_dir}/offline-run-*"
+    )
+
+
+def finish_wandb(exit_code: int | None = None) -> None:
     """Finish the active W&B run, if any.
 
     ``WandbLogger`` reuses an open run and never finishes it, so without this consecutive jobs of
     a Hydra multirun in one process would all log into the first job's run.
     """
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
 def define_generator_step_axis(logger: Any) -> None:

@@ -38,8 +38,8 @@ class ToyPlot(pl.Callback):
             ("num_samples", num_samples, 1),
             ("grid_size", grid_size, 2),
         ):
-            if value < minimum:
-                raise ConfigError(key, f"must be at least {minimum}, got {value}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
         self.every_n_generator_steps = every_n_generator_steps
         self.num_samples = num_samples
         self.grid_size = grid_size

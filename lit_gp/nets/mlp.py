@@ -51,7 +51,6 @@ class MLPGenerator(nn.Module):
             num_layers=num_layers,
         )
         self.latent_dim = latent_dim
-        self.output_shape = (output_dim,)
         self.net = _mlp(latent_dim, output_dim, hidden_dim, num_layers)
 
     def forward(self, noise: Tensor) -> Tensor:
