@@ -30,9 +30,9 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {
 }
 
 
-def _penalty_from_spec(spec: Spec) -> Callable[..., penalties.PenaltyResult]:
-    """The named penalty of a ``{_target_: lit_gp.penalties.<name>, **options}`` spec with its
-    options bound, after checking the name and every option."""
+def _penalty_from_spec(spec: Spec) -> tuple[Callable[..., penalties.PenaltyResult], int]:
+    """The named penalty of a ``{_target_: lit_gp.penalties.<name>, every: k, **options}`` spec
+    with its options bound, and its interval k, after checking the name and every option."""
     target = spec.get("_target_", "")
     try:
         method = get_method(target)
@@ -42,11 +42,14 @@ def _penalty_from_spec(spec: Spec) -> Callable[..., penalties.PenaltyResult]:
         names = ", ".join(f"lit_gp.penalties.{name}" for name in penalties.METHODS)
         raise ConfigError("penalty._target_", f"must be one of {names}, got {target!r}")
     options = {key: value for key, value in plain(spec).items() if not key.startswith("_")}
+    every = options.pop("every", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError("penalty.every", f"must be an integer >= 1, got {every!r}")
     try:
         penalties.check_options(method, options)
     except ConfigError as error:
         raise error.with_prefix("penalty") from None
-    return functools.partial(method, **options)
+    return functools.partial(method, **options), every
 
 
 def _call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
@@ -82,7 +85,9 @@ class GANModule(L.LightningModule):
         critic: maps samples to scores of shape (B,).
         penalty: a function ``penalty(critic, real, fake) -> PenaltyResult`` (for example
             ``functools.partial(lit_gp.penalties.wgan_gp, weight=10)``), a spec naming one of
-            :mod:`lit_gp.penalties`, or None for no penalty.
+            :mod:`lit_gp.penalties`, or None for no penalty. A spec may add ``every: k`` for lazy
+            regularization (StyleGAN2): the penalty is computed on every k-th critic step only,
+            with its loss multiplied by k.
         loss: ``"wasserstein"``, ``"non_saturating"`` or ``"hinge"``.
         n_critic: critic steps per generator step.
         critic_optimizer, generator_optimizer: ``params -> Optimizer`` (default Adam,
@@ -91,6 +96,9 @@ class GANModule(L.LightningModule):
             generator step; None for a constant learning rate.
         num_eval_samples: generated samples scored by the toy metrics in validation (2,500 in
             the VEEGAN/PacGAN protocol).
+        fused_critic_pass: score real and fake samples in one critic call on their
+            concatenation (faster, same numbers). Turned off automatically for a critic with
+            BatchNorm, where the batch composition changes the scores.
     """
 
     def __init__(
@@ -105,6 +113,7 @@ class GANModule(L.LightningModule):
         critic_scheduler: Callable[..., Any] | Spec | None = None,
         generator_scheduler: Callable[..., Any] | Spec | None = None,
         num_eval_samples: int = 2500,
+        fused_critic_pass: bool = True,
     ) -> None:
         super().__init__()
         arguments = dict(
@@ -118,6 +127,7 @@ class GANModule(L.LightningModule):
             critic_scheduler=critic_scheduler,
             generator_scheduler=generator_scheduler,
             num_eval_samples=num_eval_samples,
+            fused_critic_pass=fused_critic_pass,
         )
         # Only data goes into the hyperparameters: objects would need weights_only=False to load.
         self.save_hyperparameters(
@@ -147,13 +157,22 @@ class GANModule(L.LightningModule):
         if not hasattr(self.generator, "latent_dim"):
             raise ConfigError("generator", "must have a latent_dim attribute (the noise size)")
 
+        self.penalty_every = 1
         if is_spec(penalty):
-            penalty = _penalty_from_spec(penalty)
+            penalty, self.penalty_every = _penalty_from_spec(penalty)
         self.penalty = penalty
         if penalty is not None:
             # Refuse a BatchNorm critic before training, not at the first critic step.
             keywords = getattr(penalty, "keywords", {})
             penalties.check_critic(self.critic, keywords.get("allow_batch_norm", False))
+        if not isinstance(fused_critic_pass, bool):
+            raise ConfigError(
+                "fused_critic_pass", f"must be true or false, got {fused_critic_pass!r}"
+            )
+        # Concatenating real and fake changes BatchNorm's batch statistics: keep them apart.
+        self.fused_critic_pass = (
+            fused_critic_pass and penalties.find_batch_norm(self.critic) is None
+        )
 
         self._optimizer_factories = {
             "critic_optimizer": build(
@@ -171,9 +190,12 @@ class GANModule(L.LightningModule):
         self._optimizers_and_schedulers()
         self.automatic_optimization = False
 
-        # Training phase; saved in checkpoints so a resumed run continues the same cycle.
+        # Training phase; saved in checkpoints so a resumed run continues the same cycles
+        # (n_critic and the lazy penalty's interval).
         self.generator_step = 0
+        self.critic_step = 0
         self.critic_steps_in_cycle = 0
+        self._penalty_logs: dict[str, Tensor] = {}
 
         self.wasserstein_estimate = WassersteinEstimate()
         self.mode_coverage: ModeCoverage | None = None
@@ -240,26 +262,37 @@ class GANModule(L.LightningModule):
         self.toggle_optimizer(optimizer)
         with torch.no_grad():
             fake = self.generator(self.noise(real.shape[0]))
-        real_scores = self.critic(real)
-        fake_scores = self.critic(fake)
+        real_scores, fake_scores = self.score(real, fake)
         adversarial = self.adversarial_loss.critic(real_scores, fake_scores)
         logs = {
             "train/critic_loss": adversarial.detach(),
             "train/wasserstein_estimate": (real_scores.mean() - fake_scores.mean()).detach(),
         }
         total = adversarial
-        if self.penalty is not None:
+        if self.penalty is not None and self.critic_step % self.penalty_every == 0:
             result = self.penalty(self.critic, real, fake)
-            total = total + result.loss
-            logs["train/penalty"] = result.loss.detach()
-            logs["train/grad_norm_mean"] = result.grad_norm.mean()
-            logs["train/grad_norm_max"] = result.grad_norm.max()
-            logs["train/grad_norm_fraction_above_1"] = (result.grad_norm > 1).float().mean()
+            # Lazy regularization: k times the weight every k-th step keeps the same average.
+            total = total + self.penalty_every * result.loss
+            self._penalty_logs = {
+                "train/penalty": result.loss.detach(),
+                "train/grad_norm_mean": result.grad_norm.mean(),
+                "train/grad_norm_max": result.grad_norm.max(),
+                "train/grad_norm_fraction_above_1": (result.grad_norm > 1).float().mean(),
+            }
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(total)
         optimizer.step()
         self.untoggle_optimizer(optimizer)
-        return logs
+        self.critic_step += 1
+        # The latest penalty statistics, also on steps that skipped a lazy penalty.
+        return {**logs, **self._penalty_logs}
+
+    def score(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        """Critic scores of a real and a fake batch, in one call when ``fused_critic_pass``."""
+        if not self.fused_critic_pass:
+            return self.critic(real), self.critic(fake)
+        scores = self.critic(torch.cat([real, fake.to(real.dtype)]))
+        return scores[: real.shape[0]], scores[real.shape[0] :]
 
     def generator_update(self, batch_size: int) -> dict[str, Tensor]:
         """One generator update; returns the detached loss to log."""
@@ -353,10 +386,12 @@ class GANModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lit_gp"] = {
             "generator_step": self.generator_step,
+            "critic_step": self.critic_step,
             "critic_steps_in_cycle": self.critic_steps_in_cycle,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lit_gp", {})
         self.generator_step = int(state.get("generator_step", 0))
+        self.critic_step = int(state.get("critic_step", 0))
         self.critic_steps_in_cycle = int(state.get("critic_steps_in_cycle", 0))

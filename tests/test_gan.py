@@ -98,7 +98,7 @@ def test_resume_continues_counters_optimizers_and_phase(tmp_path: Path) -> None:
     mid_cycle = tmp_path / "ckpt" / "step=6.ckpt"
     assert mid_cycle.is_file()
     state = torch.load(mid_cycle, weights_only=True)["lit_gp"]
-    assert state == {"generator_step": 1, "critic_steps_in_cycle": 2}
+    assert state == {"generator_step": 1, "critic_step": 5, "critic_steps_in_cycle": 2}
 
     resumed = make_module(n_critic=3)
     trainer = make_trainer(tmp_path, generator_steps=3)
@@ -106,6 +106,7 @@ def test_resume_continues_counters_optimizers_and_phase(tmp_path: Path) -> None:
     critic_optimizer, generator_optimizer = resumed.optimizers()
     assert resumed.generator_step == 3
     assert resumed.critic_steps_in_cycle == 0
+    assert resumed.critic_step == 9
     # 2 critic steps before the checkpoint + 1 to finish the cycle + 3 + 3.
     assert adam_steps(critic_optimizer) == 9
     assert adam_steps(generator_optimizer) == 3
@@ -182,3 +183,92 @@ def test_batch_norm_critic_refused_unless_allowed() -> None:
     GANModule(generator=NETS["generator"], critic=critic, penalty=allowed)
     # Without a penalty nothing is per-sample, so BatchNorm is fine.
     GANModule(generator=NETS["generator"], critic=critic, penalty=None)
+
+
+def one_critic_step(module: GANModule, real: torch.Tensor, seed: int = 0) -> None:
+    """Run ``critic_update`` once outside a Trainer, with fixed noise and penalty randomness."""
+    optimizer = torch.optim.SGD(module.critic.parameters(), lr=0.1)
+    module.optimizers = lambda: [optimizer, None]  # what a Trainer would hand out
+    module.toggle_optimizer = module.untoggle_optimizer = lambda optimizer: None
+    module.manual_backward = lambda loss: loss.backward()
+    torch.manual_seed(seed)
+    module.critic_update(real)
+
+
+def twin_modules(**kwargs_pairs) -> tuple[GANModule, GANModule]:
+    first, second = ({name: pair[i] for name, pair in kwargs_pairs.items()} for i in (0, 1))
+    torch.manual_seed(0)
+    a = make_module(n_critic=100, **first)
+    torch.manual_seed(0)
+    b = make_module(n_critic=100, **second)
+    return a, b
+
+
+def assert_same_critic(a: GANModule, b: GANModule) -> None:
+    for pa, pb in zip(a.critic.parameters(), b.critic.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["wgan_gp", "r1", "wgan_div"])
+def test_fused_critic_pass_gives_the_same_update(method: str) -> None:
+    spec = {"_target_": f"lit_gp.penalties.{method}"}
+    fused, separate = twin_modules(penalty=(spec, spec), fused_critic_pass=(True, False))
+    assert fused.fused_critic_pass and not separate.fused_critic_pass
+    real = torch.randn(64, 2)
+    one_critic_step(fused, real)
+    one_critic_step(separate, real)
+    assert_same_critic(fused, separate)
+    # The update did change the critic, so the comparison above means something.
+    torch.manual_seed(0)
+    untouched = make_module(n_critic=100)
+    assert not torch.equal(untouched.critic.net[0].weight, fused.critic.net[0].weight)
+
+
+def test_fused_pass_is_off_for_batch_norm_critics() -> None:
+    module = GANModule(
+        generator=NETS["generator"],
+        critic={"_target_": "lit_gp.nets.MLPCritic", "hidden_dim": 8, "norm": "batch"},
+        penalty=None,
+    )
+    assert not module.fused_critic_pass
+
+
+def test_lazy_penalty_is_k_times_the_weight_every_k_steps() -> None:
+    # r1 with gamma 2 every 4 steps: on a penalty step the update equals gamma 8 every step;
+    # on the other steps it equals no penalty at all.
+    lazy_spec = {"_target_": "lit_gp.penalties.r1", "gamma": 2.0, "every": 4}
+    heavy_spec = {"_target_": "lit_gp.penalties.r1", "gamma": 8.0}
+    lazy, heavy = twin_modules(penalty=(lazy_spec, heavy_spec))
+    real = torch.randn(64, 2)
+    one_critic_step(lazy, real)  # critic_step 0: a penalty step
+    one_critic_step(heavy, real)
+    assert_same_critic(lazy, heavy)
+
+    lazy, plain = twin_modules(penalty=(lazy_spec, None))
+    lazy.critic_step = 1  # not a multiple of 4
+    one_critic_step(lazy, real)
+    one_critic_step(plain, real)
+    assert_same_critic(lazy, plain)
+
+
+def test_lazy_penalty_runs_on_every_kth_critic_step(tmp_path: Path) -> None:
+    module = make_module(
+        n_critic=1, penalty={"_target_": "lit_gp.penalties.r1", "gamma": 1.0, "every": 4}
+    )
+    calls = []
+    penalty = module.penalty
+
+    def recording_penalty(critic, real, fake):
+        calls.append(module.critic_step)
+        return penalty(critic, real, fake)
+
+    module.penalty = recording_penalty
+    make_trainer(tmp_path, generator_steps=10).fit(module, datamodule=data())
+    assert calls == [0, 4, 8]
+    assert module.critic_step == 10
+
+
+def test_lazy_every_must_be_a_positive_integer() -> None:
+    with pytest.raises(ConfigError) as error:
+        make_module(penalty={"_target_": "lit_gp.penalties.r1", "every": 0})
+    assert error.value.key == "penalty.every"
