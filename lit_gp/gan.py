@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,14 +13,11 @@ from torch import Tensor, nn
 
 from lit_gp import penalties
 from lit_gp.config import Spec, build, is_spec, plain
+from lit_gp.distributed import check_strategy, seed_per_rank
 from lit_gp.errors import ConfigError, first_line
 from lit_gp.losses import get_loss
 from lit_gp.metrics import ModeCoverage, WassersteinEstimate
 from lit_gp.wandb_utils import GENERATOR_STEP_KEY
-
-# ModelCheckpoint(every_n_train_steps) warns under manual optimization that it saves the state
-# after the optimizer step; for a GAN that is the state to resume from.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {
     "_target_": "torch.optim.Adam",
@@ -62,9 +58,9 @@ def _call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
         raise ConfigError(key, first_line(error)) from None
 
 
-# 16-bit floats need the input gradient taken of the loss-scaled output and unscaled before the
-# norm (PyTorch AMP docs, "Gradient penalty"); until that exists these are refused.
-_UNSUPPORTED_PRECISION = ("16-mixed", "16-true", "16", "transformer-engine")
+# Pure fp16 has no loss scaler to protect the input gradient (16-mixed has one, and the penalty
+# uses it); measured on this project's machine, 16-true gave NaN losses.
+_UNSUPPORTED_PRECISION = ("16-true",)
 
 
 class GANModule(L.LightningModule):
@@ -270,7 +266,11 @@ class GANModule(L.LightningModule):
         }
         total = adversarial
         if self.penalty is not None and self.critic_step % self.penalty_every == 0:
-            result = self.penalty(self.critic, real, fake)
+            scaler = self._grad_scaler()
+            if scaler is None:
+                result = self.penalty(self.critic, real, fake)
+            else:
+                result = self.penalty(self.critic, real, fake, loss_scale=scaler.get_scale())
             # Lazy regularization: k times the weight every k-th step keeps the same average.
             total = total + self.penalty_every * result.loss
             self._penalty_logs = {
@@ -286,6 +286,13 @@ class GANModule(L.LightningModule):
         self.critic_step += 1
         # The latest penalty statistics, also on steps that skipped a lazy penalty.
         return {**logs, **self._penalty_logs}
+
+    def _grad_scaler(self) -> Any:
+        """Lightning's GradScaler under 16-mixed precision (one for all optimizers), else None."""
+        # _trainer, not trainer: the property raises when the module runs outside a Trainer.
+        plugin = getattr(self._trainer, "precision_plugin", None)
+        scaler = getattr(plugin, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
 
     def score(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
         """Critic scores of a real and a fake batch, in one call when ``fused_critic_pass``."""
@@ -333,12 +340,13 @@ class GANModule(L.LightningModule):
     # --- validation ----------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        check_strategy(self.trainer)
         precision = str(self.trainer.precision)
         if self.penalty is not None and precision in _UNSUPPORTED_PRECISION:
             raise ConfigError(
                 "trainer.precision",
-                f"{precision} is not supported with a gradient penalty yet (the input gradient "
-                "would need loss scaling); use bf16-mixed or 32-true",
+                f"{precision} is not supported with a gradient penalty (no loss scaling for the "
+                "input gradient); use 16-mixed, bf16-mixed or 32-true",
             )
         datamodule = self.trainer.datamodule
         data_shape = getattr(datamodule, "data_shape", None)
@@ -347,6 +355,11 @@ class GANModule(L.LightningModule):
         modes = getattr(datamodule, "modes", None)
         if modes is not None and self.mode_coverage is None:
             self.mode_coverage = ModeCoverage(modes, datamodule.mode_std).to(self.device)
+
+    def on_fit_start(self) -> None:
+        # seed_everything (and the spawn launcher) give every rank the same random state:
+        # without this all ranks would draw the same noise and penalty points.
+        seed_per_rank(self.trainer)
 
     def on_validation_start(self) -> None:
         # Validation draws noise; keep the training trajectory independent of how often it runs.

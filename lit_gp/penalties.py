@@ -74,7 +74,8 @@ def check_options(method: Callable[..., PenaltyResult], options: Mapping[str, An
     Raises :class:`ConfigError` with the option name as key.
     """
     parameters = inspect.signature(method).parameters
-    allowed = [name for name in parameters if name not in ("critic", "real", "fake")]
+    # loss_scale is passed at run time by the GANModule (fp16 mixed precision), not configured.
+    allowed = [name for name in parameters if name not in ("critic", "real", "fake", "loss_scale")]
     for name in options:
         if name not in allowed:
             raise ConfigError(
@@ -134,11 +135,20 @@ def perturbed_real(real: Tensor, c: float = 0.5) -> Tensor:
     return real + alpha * noise
 
 
-def input_gradient(critic: Critic, points: Tensor) -> Tensor:
-    """dD/dx at ``points``, kept in the graph so a penalty on it trains the critic."""
+def input_gradient(critic: Critic, points: Tensor, loss_scale: float | None = None) -> Tensor:
+    """dD/dx at ``points``, kept in the graph so a penalty on it trains the critic.
+
+    With fp16 mixed precision the gradient is taken of the output times ``loss_scale`` (the
+    GradScaler's current scale, so small gradients do not underflow in fp16) and divided by it
+    again before anyone takes its norm (PyTorch AMP docs, "Gradient penalty").
+    """
     points = points.detach().requires_grad_(True)
-    scores = critic(points)
-    (gradient,) = torch.autograd.grad(scores.sum(), points, create_graph=True)
+    output = critic(points).sum()
+    if loss_scale is not None:
+        output = output * loss_scale
+    (gradient,) = torch.autograd.grad(output, points, create_graph=True)
+    if loss_scale is not None:
+        gradient = gradient / loss_scale
     return gradient
 
 
@@ -150,10 +160,11 @@ def gradient_penalty(
     target: float = 1.0,
     one_sided: bool = False,
     power: float = 2.0,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """weight * E[ f(||dD/dx||) ] at ``points`` with f(n) = |n - target|^power, or
     max(0, n - target)^power when ``one_sided``."""
-    gradient = input_gradient(critic, points).flatten(1)
+    gradient = input_gradient(critic, points, loss_scale).flatten(1)
     squared_norm = gradient.pow(2).sum(dim=1)
     if target == 0 and power == 2:
         # ||g||^2 needs no square root, so it stays exact and smooth at g = 0.
@@ -180,12 +191,15 @@ def wgan_gp(
     weight: float = 10.0,
     target: float = 1.0,
     allow_batch_norm: bool = False,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """WGAN-GP (Gulrajani et al. 2017): weight * E[(||grad D(x_hat)|| - target)^2] on
     x_hat = eps * real + (1 - eps) * fake, one eps per sample."""
     _check_values({"weight": weight, "target": target})
     check_critic(critic, allow_batch_norm)
-    return gradient_penalty(critic, interpolates(real, fake), weight=weight, target=target)
+    return gradient_penalty(
+        critic, interpolates(real, fake), weight=weight, target=target, loss_scale=loss_scale
+    )
 
 
 def wgan_lp(
@@ -196,13 +210,19 @@ def wgan_lp(
     weight: float = 10.0,
     target: float = 1.0,
     allow_batch_norm: bool = False,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """WGAN-LP (Petzka et al. 2018), one-sided: weight * E[max(0, ||grad D(x_hat)|| - target)^2]
     on interpolates."""
     _check_values({"weight": weight, "target": target})
     check_critic(critic, allow_batch_norm)
     return gradient_penalty(
-        critic, interpolates(real, fake), weight=weight, target=target, one_sided=True
+        critic,
+        interpolates(real, fake),
+        weight=weight,
+        target=target,
+        one_sided=True,
+        loss_scale=loss_scale,
     )
 
 
@@ -213,11 +233,14 @@ def zero_gp(
     *,
     weight: float = 10.0,
     allow_batch_norm: bool = False,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """Zero-centred GP on interpolates (Thanh-Tung et al. 2019): weight * E[||grad D(x_hat)||^2]."""
     _check_values({"weight": weight})
     check_critic(critic, allow_batch_norm)
-    return gradient_penalty(critic, interpolates(real, fake), weight=weight, target=0.0)
+    return gradient_penalty(
+        critic, interpolates(real, fake), weight=weight, target=0.0, loss_scale=loss_scale
+    )
 
 
 def dragan(
@@ -229,12 +252,15 @@ def dragan(
     c: float = 0.5,
     target: float = 1.0,
     allow_batch_norm: bool = False,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """DRAGAN (Kodali et al. 2017): weight * E[(||grad D(x_hat)|| - target)^2] on real data
     perturbed by c * std(real) * U[0, 1] noise, as in the official code."""
     _check_values({"weight": weight, "c": c, "target": target})
     check_critic(critic, allow_batch_norm)
-    return gradient_penalty(critic, perturbed_real(real, c), weight=weight, target=target)
+    return gradient_penalty(
+        critic, perturbed_real(real, c), weight=weight, target=target, loss_scale=loss_scale
+    )
 
 
 def r1(
@@ -244,11 +270,12 @@ def r1(
     *,
     gamma: float = 10.0,
     allow_batch_norm: bool = False,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """R1 (Mescheder et al. 2018): (gamma / 2) * E_real[||grad D(x)||^2]."""
     _check_values({"gamma": gamma})
     check_critic(critic, allow_batch_norm)
-    return gradient_penalty(critic, real, weight=gamma / 2, target=0.0)
+    return gradient_penalty(critic, real, weight=gamma / 2, target=0.0, loss_scale=loss_scale)
 
 
 def r2(
@@ -258,11 +285,12 @@ def r2(
     *,
     gamma: float = 10.0,
     allow_batch_norm: bool = False,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """R2 (Mescheder et al. 2018): (gamma / 2) * E_fake[||grad D(x)||^2]."""
     _check_values({"gamma": gamma})
     check_critic(critic, allow_batch_norm)
-    return gradient_penalty(critic, fake, weight=gamma / 2, target=0.0)
+    return gradient_penalty(critic, fake, weight=gamma / 2, target=0.0, loss_scale=loss_scale)
 
 
 def wgan_div(
@@ -273,12 +301,13 @@ def wgan_div(
     k: float = 2.0,
     p: float = 6.0,
     allow_batch_norm: bool = False,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
     """WGAN-div (Wu et al. 2018): k * E[||grad D(x)||^p] over the real and the fake samples."""
     _check_values({"k": k, "p": p})
     check_critic(critic, allow_batch_norm)
     points = torch.cat([real, fake.to(real.dtype)])
-    return gradient_penalty(critic, points, weight=k, target=0.0, power=p)
+    return gradient_penalty(critic, points, weight=k, target=0.0, power=p, loss_scale=loss_scale)
 
 
 METHODS: dict[str, Callable[..., PenaltyResult]] = {

@@ -135,15 +135,6 @@ def make_logger(cfg: DictConfig) -> Any:
     return logger
 
 
-def save_final_checkpoint(trainer: L.Trainer) -> None:
-    """Write ``last.ckpt`` at the end of training. ModelCheckpoint only writes it with a periodic
-    save (or when nothing was saved), so a run ending between saves would leave a stale one."""
-    callback = trainer.checkpoint_callback
-    if callback is None or not callback.save_last or callback.dirpath is None:
-        return
-    trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt")
-
-
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model; return ``cfg.optimized_metric`` (for sweeps) or None."""
     check_run_keys(cfg)
@@ -175,10 +166,10 @@ def train(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             define_generator_step_axis(logger)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        save_final_checkpoint(trainer)
+        # callback_metrics, not the module: under ddp_spawn the fit ran in other processes.
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         summary = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
-        log.info("finished at generator step %d: %s", model.generator_step, summary)
+        log.info("finished: %s", summary)
         exit_code = 0
     finally:
         # Always finish: WandbLogger never does, and the next job of a multirun would reuse the

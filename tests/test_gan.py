@@ -272,3 +272,28 @@ def test_lazy_every_must_be_a_positive_integer() -> None:
     with pytest.raises(ConfigError) as error:
         make_module(penalty={"_target_": "lit_gp.penalties.r1", "every": 0})
     assert error.value.key == "penalty.every"
+
+
+def test_critic_update_uses_the_trainers_grad_scaler() -> None:
+    # Under 16-mixed Lightning keeps one GradScaler for all optimizers; the penalty must take the
+    # input gradient of the scaled output and unscale it, which leaves the update unchanged.
+    from types import SimpleNamespace
+
+    spec = {"_target_": "lit_gp.penalties.wgan_gp", "weight": 10}
+    scaled, plain = twin_modules(penalty=(spec, spec))
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+    scaled._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+    plain._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
+    seen = []
+    penalty = scaled.penalty
+
+    def recording_penalty(critic, real, fake, **options):
+        seen.append(options)
+        return penalty(critic, real, fake, **options)
+
+    scaled.penalty = recording_penalty
+    real = torch.randn(64, 2)
+    one_critic_step(scaled, real)
+    one_critic_step(plain, real)
+    assert seen == [{"loss_scale": 512.0}]
+    assert_same_critic(scaled, plain)

@@ -555,3 +555,23 @@ def test_bf16_autocast_penalty_is_finite_and_matches_fp32(name):
     # The output bias does not change dD/dx, so it gets no gradient from a penalty.
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in critic.parameters())
     torch.testing.assert_close(loss.float(), reference, rtol=0.05, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_loss_scale_is_undone_before_the_norm(name):
+    # A GradScaler-style scale of 1024: if the input gradient were not divided by it again,
+    # the penalty would change by a factor of up to 1024^p.
+    critic = LinearCritic(torch.tensor([0.6, 1.7], dtype=F64))
+    real, fake = _data(8, (2,))
+    torch.manual_seed(3)
+    plain = METHODS[name](critic, real, fake)
+    torch.manual_seed(3)
+    scaled = METHODS[name](critic, real, fake, loss_scale=1024.0)
+    torch.testing.assert_close(scaled.loss, plain.loss)
+    torch.testing.assert_close(scaled.grad_norm, plain.grad_norm)
+
+
+def test_loss_scale_is_not_a_config_option():
+    with pytest.raises(ConfigError) as error:
+        check_options(wgan_gp, {"loss_scale": 2.0})
+    assert error.value.key == "loss_scale"

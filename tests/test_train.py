@@ -303,3 +303,40 @@ def test_cli_wandb_unreachable_server_falls_back_offline(tmp_path: Path) -> None
     assert "W&B: no online run" in result.stdout and "wandb sync" in result.stdout
     (run_dir,) = find_offline_runs(tmp_path / "run")
     assert read_run(run_dir).rows_with("train/critic_loss")
+
+
+@pytest.mark.slow
+def test_bf16_mixed_2000_generator_steps_stay_finite(compose_config, tmp_path: Path) -> None:
+    # The paper's toy setup under bf16 autocast, wgan_gp, as long as the acceptance asks.
+    cfg = compose_config(
+        "trainer.precision=bf16-mixed",
+        "generator_steps=2000",
+        "val_every_generator_steps=500",
+        "model.generator.hidden_dim=512",
+        "model.critic.hidden_dim=512",
+        "data.num_train=100000",
+        "data.batch_size=256",
+        "model.num_eval_samples=2500",
+        "optimized_metric=val/modes_covered",
+    )
+    modes_covered = train(cfg)
+    module = GANModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert module.generator_step == 2000
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert torch.isfinite(module.sample(2500)).all()
+    assert modes_covered >= 6  # it learned, not merely stayed finite
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["ddp", "ddp_spawn"])
+def test_cli_ddp_run_one_directory_and_a_complete_last_checkpoint(
+    trainer: str, tmp_path: Path
+) -> None:
+    result = run_train(
+        *CLI_FAST, "logger=none", f"trainer={trainer}", "hydra.run.dir=run", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [path.name for path in tmp_path.iterdir()] == ["run"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["lit_gp"]["generator_step"] == 2
+    assert len(checkpoint["optimizer_states"]) == 2

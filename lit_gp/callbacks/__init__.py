@@ -1,6 +1,7 @@
 """Lightning callbacks."""
 
+from lit_gp.callbacks.checkpoint import GANCheckpoint
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
 from lit_gp.callbacks.toy_plot import ToyPlot
 
-__all__ = ["GeneratorStepLimit", "ToyPlot"]
+__all__ = ["GANCheckpoint", "GeneratorStepLimit", "ToyPlot"]
