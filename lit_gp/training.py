@@ -54,6 +54,8 @@ def check_run_keys(cfg: DictConfig) -> None:
     _check_int("seed", cfg.get("seed"), 0, 2**32 - 1)
     _check_int("generator_steps", cfg.get("generator_steps"), 1)
     _check_int("val_every_generator_steps", cfg.get("val_every_generator_steps"), 1)
+    if cfg.get("num_threads") is not None:
+        _check_int("num_threads", cfg.get("num_threads"), 1)
 
 
 def check_checkpoint(path: str | None, model_cfg: DictConfig) -> None:
@@ -140,6 +142,8 @@ def train(cfg: DictConfig) -> float | None:
     check_run_keys(cfg)
     check_checkpoint(cfg.get("ckpt_path"), cfg.model)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("num_threads") is not None:
+        torch.set_num_threads(cfg.num_threads)
     datamodule = build(cfg.data, "data")
     # The module builds its own nets, penalty and optimizers from the specs, so it can save them
     # as hyperparameters and load from a checkpoint without this config.

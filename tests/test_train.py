@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_train
+from hydra.core.hydra_config import HydraConfig
 from wandb_records import find_offline_runs, read_run
 
 from lit_gp import ConfigError, GANModule
@@ -340,3 +341,61 @@ def test_cli_ddp_run_one_directory_and_a_complete_last_checkpoint(
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["lit_gp"]["generator_step"] == 2
     assert len(checkpoint["optimizer_states"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_joblib_multirun_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
+    result = run_train(
+        "-m",
+        *CLI_FAST,
+        "logger=none",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "num_threads=1",
+        "model=wgangp,r1",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for job in ("0", "1"):
+        checkpoint = torch.load(
+            tmp_path / "sweep" / job / "checkpoints" / "last.ckpt", weights_only=True
+        )
+        assert checkpoint["lit_gp"]["generator_step"] == 2
+    assert "Joblib.Parallel" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_cli_optuna_search_over_the_penalty_weight(tmp_path: Path) -> None:
+    result = run_train(
+        "-m",
+        *CLI_FAST,
+        "logger=none",
+        "hparams_search=penalty_weight",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    optimization = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "model.penalty.weight" in optimization and "best_value" in optimization
+    weights = [
+        yaml_value(tmp_path / "sweep" / str(job) / ".hydra" / "overrides.yaml") for job in range(3)
+    ]
+    assert len(set(weights)) == 3 and all(0.01 <= weight <= 100 for weight in weights)
+
+
+def yaml_value(overrides_file: Path) -> float:
+    (line,) = [
+        line for line in overrides_file.read_text().splitlines() if "model.penalty.weight=" in line
+    ]
+    return float(line.split("=")[1])
+
+
+def test_slurm_launcher_config_composes(compose_config) -> None:
+    compose_config("hydra/launcher=slurm")
+    launcher = HydraConfig.get().launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.timeout_min == 240
