@@ -375,7 +375,10 @@ def main() -> None:
         }
         seconds = median_over_rounds(timers, rounds)
         memory = memory_table(key)
-        print("\n| critic step | fused ms | fused ratio | unfused ms | unfused ratio | peak MB |")
+        print(
+            "\n| critic step | fused ms | fused ratio | unfused ms | unfused ratio "
+            "| peak MB (fused) |"
+        )
         print("|---|---|---|---|---|---|")
         for name in configs:
             row = [name]

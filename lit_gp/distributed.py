@@ -18,6 +18,7 @@ same generator noise and penalty points.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -65,5 +66,8 @@ def seed_per_rank(trainer: Any) -> None:
     """
     if trainer.world_size <= 1 or trainer.global_rank == 0:
         return
-    sequence = np.random.SeedSequence([torch.initial_seed(), trainer.global_rank])
+    # The seed seed_everything set (PL_GLOBAL_SEED), not torch.initial_seed(): after a first call
+    # that is already a derived seed, and a second fit would get another stream.
+    base = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+    sequence = np.random.SeedSequence([base, trainer.global_rank])
     torch.manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0]))

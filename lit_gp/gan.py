@@ -93,8 +93,10 @@ class GANModule(L.LightningModule):
         num_eval_samples: generated samples scored by the toy metrics in validation (2,500 in
             the VEEGAN/PacGAN protocol).
         fused_critic_pass: score real and fake samples in one critic call on their
-            concatenation (faster, same numbers). Turned off automatically for a critic with
-            BatchNorm, where the batch composition changes the scores.
+            concatenation (fewer calls, same numbers for a critic that scores each sample on its
+            own). Turned off automatically for a critic with BatchNorm; set it to False for
+            other batch-coupled critics (minibatch standard deviation, custom batch statistics)
+            or to keep dropout masks drawn separately.
     """
 
     def __init__(
@@ -406,5 +408,9 @@ class GANModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("lit_gp", {})
         self.generator_step = int(state.get("generator_step", 0))
-        self.critic_step = int(state.get("critic_step", 0))
+        # Checkpoints written before critic_step existed: it follows from the other counters.
+        default_critic_step = self.generator_step * self.n_critic + int(
+            state.get("critic_steps_in_cycle", 0)
+        )
+        self.critic_step = int(state.get("critic_step", default_critic_step))
         self.critic_steps_in_cycle = int(state.get("critic_steps_in_cycle", 0))

@@ -144,11 +144,14 @@ def input_gradient(critic: Critic, points: Tensor, loss_scale: float | None = No
     """
     points = points.detach().requires_grad_(True)
     output = critic(points).sum()
-    if loss_scale is not None:
-        output = output * loss_scale
+    # Scaled like the mean loss the GradScaler is built for (scale / B per output): the full
+    # scale on every output, 2**16 at Lightning's start, is above fp16's largest number.
+    factor = None if loss_scale is None else loss_scale / points.shape[0]
+    if factor is not None:
+        output = output * factor
     (gradient,) = torch.autograd.grad(output, points, create_graph=True)
-    if loss_scale is not None:
-        gradient = gradient / loss_scale
+    if factor is not None:
+        gradient = gradient / factor
     return gradient
 
 

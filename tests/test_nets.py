@@ -62,3 +62,13 @@ def test_mlp_sizes_are_checked() -> None:
         MLPGenerator(latent_dim=-1)
     assert MLPGenerator(latent_dim=3, output_dim=5)(torch.randn(4, 3)).shape == (4, 5)
     assert MLPCritic(input_dim=5)(torch.randn(4, 5)).shape == (4,)
+
+
+def test_masked_relu_infinities_and_nan() -> None:
+    x = torch.tensor([float("-inf"), float("inf"), float("nan"), -1.0])
+    leaky = nn.LeakyReLU(0.2)
+    torch.testing.assert_close(MaskedReLU(0.2)(x), leaky(x), equal_nan=True)
+    # Slope 0: like ReLU except -inf, where -inf * 0 is NaN (the documented difference).
+    values = MaskedReLU(0.0)(x)
+    assert torch.isnan(values[0])
+    torch.testing.assert_close(values[1:], nn.ReLU()(x)[1:], equal_nan=True)

@@ -575,3 +575,17 @@ def test_loss_scale_is_not_a_config_option():
     with pytest.raises(ConfigError) as error:
         check_options(wgan_gp, {"loss_scale": 2.0})
     assert error.value.key == "loss_scale"
+
+
+def test_loss_scale_of_lightnings_start_does_not_overflow_fp16():
+    # Lightning's GradScaler starts at 2**16, above fp16's largest number (65504). A critic that
+    # computes in fp16 must still give a finite input gradient and the unscaled penalty.
+    w = torch.tensor([0.6, 1.7])
+
+    def fp16_critic(x: torch.Tensor) -> torch.Tensor:
+        return (x.half() * w.half()).sum(1).float()
+
+    real, fake = torch.randn(8, 2), torch.randn(8, 2)
+    result = r1(fp16_critic, real, fake, gamma=2.0, loss_scale=2.0**16)
+    assert torch.isfinite(result.loss)
+    torch.testing.assert_close(result.loss, (w.half().float() ** 2).sum(), rtol=1e-3, atol=1e-3)
