@@ -22,3 +22,11 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (or its type name), for one-line reports."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_int(key: str, value: object, minimum: int = 1, maximum: int | None = None) -> None:
+    """Refuse anything but an integer in [minimum, maximum] (bools and floats included)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"must be an integer <= {maximum}, got {value!r}")

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lit_gp import penalties
 from lit_gp.config import Spec, build, is_spec, plain
 from lit_gp.distributed import check_strategy, seed_per_rank
-from lit_gp.errors import ConfigError, first_line
+from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.losses import get_loss
 from lit_gp.metrics import ModeCoverage, WassersteinEstimate
 from lit_gp.wandb_utils import GENERATOR_STEP_KEY
@@ -39,8 +39,7 @@ def _penalty_from_spec(spec: Spec) -> tuple[Callable[..., penalties.PenaltyResul
         raise ConfigError("penalty._target_", f"must be one of {names}, got {target!r}")
     options = {key: value for key, value in plain(spec).items() if not key.startswith("_")}
     every = options.pop("every", 1)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ConfigError("penalty.every", f"must be an integer >= 1, got {every!r}")
+    check_int("penalty.every", every)
     try:
         penalties.check_options(method, options)
     except ConfigError as error:
@@ -136,16 +135,8 @@ class GANModule(L.LightningModule):
             }
         )
 
-        if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
-            raise ConfigError("n_critic", f"must be an integer >= 1, got {n_critic!r}")
-        if (
-            isinstance(num_eval_samples, bool)
-            or not isinstance(num_eval_samples, int)
-            or num_eval_samples < 1
-        ):
-            raise ConfigError(
-                "num_eval_samples", f"must be a positive integer, got {num_eval_samples!r}"
-            )
+        check_int("n_critic", n_critic)
+        check_int("num_eval_samples", num_eval_samples)
         self.adversarial_loss = get_loss(loss)
         self.n_critic = n_critic
         self.num_eval_samples = num_eval_samples

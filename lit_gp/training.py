@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
 from lit_gp.config import build, plain
-from lit_gp.errors import ConfigError, first_line
+from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.gan import GANModule
 from lit_gp.wandb_utils import (
     choose_wandb_mode,
@@ -41,21 +41,14 @@ def _checkpoint_shape(model_spec: dict[str, Any]) -> dict[str, Any]:
     return shape
 
 
-def _check_int(key: str, value: Any, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(key, f"must be an integer <= {maximum}, got {value!r}")
-
-
 def check_run_keys(cfg: DictConfig) -> None:
     """The top-level keys of ``conf/config.yaml``, checked before anything is built (the configs
     interpolate them, so a bad value would otherwise surface under another key)."""
-    _check_int("seed", cfg.get("seed"), 0, 2**32 - 1)
-    _check_int("generator_steps", cfg.get("generator_steps"), 1)
-    _check_int("val_every_generator_steps", cfg.get("val_every_generator_steps"), 1)
+    check_int("seed", cfg.get("seed"), 0, 2**32 - 1)
+    check_int("generator_steps", cfg.get("generator_steps"), 1)
+    check_int("val_every_generator_steps", cfg.get("val_every_generator_steps"), 1)
     if cfg.get("num_threads") is not None:
-        _check_int("num_threads", cfg.get("num_threads"), 1)
+        check_int("num_threads", cfg.get("num_threads"), 1)
 
 
 def check_checkpoint(path: str | None, model_cfg: DictConfig) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning as L
 
-from lit_gp.errors import ConfigError
+from lit_gp.errors import check_int
 
 
 class GeneratorStepLimit(L.Callback):
@@ -17,14 +17,7 @@ class GeneratorStepLimit(L.Callback):
     """
 
     def __init__(self, max_generator_steps: int) -> None:
-        if (
-            isinstance(max_generator_steps, bool)
-            or not isinstance(max_generator_steps, int)
-            or max_generator_steps < 1
-        ):
-            raise ConfigError(
-                "max_generator_steps", f"must be a positive integer, got {max_generator_steps!r}"
-            )
+        check_int("max_generator_steps", max_generator_steps)
         self.max_generator_steps = max_generator_steps
 
     def _reached(self, pl_module: L.LightningModule) -> bool:

@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from lit_gp.errors import ConfigError
+from lit_gp.errors import check_int
 from lit_gp.wandb_utils import GENERATOR_STEP_KEY
 
 _GRID_CHUNK = 8192  # critic evaluations per forward pass; bounds memory for wide critics
@@ -38,8 +38,7 @@ class ToyPlot(pl.Callback):
             ("num_samples", num_samples, 1),
             ("grid_size", grid_size, 2),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+            check_int(key, value, minimum)
         self.every_n_generator_steps = every_n_generator_steps
         self.num_samples = num_samples
         self.grid_size = grid_size

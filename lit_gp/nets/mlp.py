@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lit_gp.errors import ConfigError
+from lit_gp.errors import ConfigError, check_int
 from lit_gp.nets.layers import MaskedReLU
 
 
 def _check_positive(**sizes: int) -> None:
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        check_int(name, value)
 
 
 NORMS = ("none", "layer", "batch")
