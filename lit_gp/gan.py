@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import get_method
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lit_gp import penalties
 from lit_gp.config import Spec, build, is_spec, plain
@@ -62,6 +63,21 @@ def _call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
 _UNSUPPORTED_PRECISION = ("16-true",)
 
 
+def _averaged_generator(generator: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``generator`` (parameters and buffers), or None."""
+    if decay is None:
+        return None
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        raise ConfigError("ema_decay", f"must be null or a number in [0, 1), got {decay!r}")
+    # use_buffers: BatchNorm running statistics are averaged too, so the averaged generator's
+    # eval mode matches its averaged weights.
+    averaged = AveragedModel(
+        generator, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True
+    )
+    averaged.requires_grad_(False)
+    return averaged
+
+
 class GANModule(L.LightningModule):
     """A GAN trained with manual optimization and a gradient penalty on the critic.
 
@@ -111,6 +127,8 @@ class GANModule(L.LightningModule):
         generator_scheduler: Callable[..., Any] | Spec | None = None,
         num_eval_samples: int = 2500,
         fused_critic_pass: bool = True,
+        ema_decay: float | None = None,
+        generator_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         arguments = dict(
@@ -125,6 +143,8 @@ class GANModule(L.LightningModule):
             generator_scheduler=generator_scheduler,
             num_eval_samples=num_eval_samples,
             fused_critic_pass=fused_critic_pass,
+            ema_decay=ema_decay,
+            generator_batch_size=generator_batch_size,
         )
         # Only data goes into the hyperparameters: objects would need weights_only=False to load.
         self.save_hyperparameters(
@@ -137,6 +157,9 @@ class GANModule(L.LightningModule):
 
         check_int("n_critic", n_critic)
         check_int("num_eval_samples", num_eval_samples)
+        if generator_batch_size is not None:
+            check_int("generator_batch_size", generator_batch_size)
+        self.generator_batch_size = generator_batch_size
         self.adversarial_loss = get_loss(loss)
         self.n_critic = n_critic
         self.num_eval_samples = num_eval_samples
@@ -162,6 +185,8 @@ class GANModule(L.LightningModule):
         self.fused_critic_pass = (
             fused_critic_pass and penalties.find_batch_norm(self.critic) is None
         )
+
+        self.generator_ema = _averaged_generator(self.generator, ema_decay)
 
         self._optimizer_factories = {
             "critic_optimizer": build(
@@ -195,10 +220,27 @@ class GANModule(L.LightningModule):
         """n latent vectors from the generator's prior N(0, I)."""
         return torch.randn(n, self.generator.latent_dim, device=self.device)
 
+    @property
+    def sampling_generator(self) -> nn.Module:
+        """The generator that :meth:`sample` uses: the moving average when ``ema_decay`` is set."""
+        return self.generator if self.generator_ema is None else self.generator_ema.module
+
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """n generator samples (no gradient), on the module's device."""
-        return self.generator(self.noise(n))
+    def sample(self, n: int | None = None, noise: Tensor | None = None) -> Tensor:
+        """Generator samples (no gradient) for ``n`` fresh latent vectors or the given ``noise``,
+        on the module's device, from :attr:`sampling_generator` in eval mode (BatchNorm uses its
+        running statistics, so a sample does not depend on the others in its batch)."""
+        if noise is None:
+            if n is None:
+                raise ValueError("sample needs n or noise")
+            noise = self.noise(n)
+        generator = self.sampling_generator
+        was_training = generator.training
+        generator.eval()
+        try:
+            return generator(noise.to(self.device))
+        finally:
+            generator.train(was_training)
 
     # --- optimization --------------------------------------------------------------------------
 
@@ -306,6 +348,8 @@ class GANModule(L.LightningModule):
         self.untoggle_optimizer(optimizer)
         for scheduler in self._schedulers():
             scheduler.step()
+        if self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
         return {"train/generator_loss": loss.detach()}
 
     def _schedulers(self) -> list[Any]:
@@ -320,7 +364,7 @@ class GANModule(L.LightningModule):
         self.critic_steps_in_cycle += 1
         if self.critic_steps_in_cycle < self.n_critic:
             return
-        logs.update(self.generator_update(real.shape[0]))
+        logs.update(self.generator_update(self.generator_batch_size or real.shape[0]))
         self.generator_step += 1
         self.critic_steps_in_cycle = 0
         # Logged once per generator step (the cycle's last critic step): self.log costs ~0.1 ms

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 # Small and fast: a few generator steps on narrow nets, no logger unless a test asks for one.
+QUIET = ["logger=none", "+trainer.enable_progress_bar=false"]
 FAST = [
     "generator_steps=3",
     "val_every_generator_steps=2",
@@ -27,10 +28,26 @@ FAST = [
     "data.num_val=256",
     "data.batch_size=64",
     "model.num_eval_samples=256",
-    "logger=none",
     "callbacks.toy_plot.num_samples=64",
     "callbacks.toy_plot.grid_size=16",
-    "+trainer.enable_progress_bar=false",
+    *QUIET,
+]
+# The same for image data (DCGAN or ResNet nets): validation, FID/KID and grids at step 2 and at
+# the end (step 3).
+FAST_IMAGES = [
+    "generator_steps=3",
+    "val_every_generator_steps=2",
+    "model.n_critic=2",
+    "model.generator.dim=8",
+    "model.critic.dim=8",
+    "model.generator.latent_dim=16",
+    "data.batch_size=16",
+    "callbacks.image_metrics.num_samples=64",
+    "callbacks.image_metrics.kid_subset_size=16",
+    "callbacks.image_metrics.kid_subsets=5",
+    "callbacks.image_metrics.classifier_epochs=1",
+    "callbacks.sample_grid.num_samples=16",
+    *QUIET,
 ]
 
 
@@ -39,10 +56,12 @@ def compose_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose conf/config.yaml with overrides, its output directory in tmp_path (as a Hydra run
     would set it), ready for ``lit_gp.training.train``."""
 
-    def _compose(*overrides: str, output_dir: Path | None = None) -> DictConfig:
+    def _compose(
+        *overrides: str, output_dir: Path | None = None, fast: list[str] = FAST
+    ) -> DictConfig:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[*FAST, *overrides], return_hydra_config=True)
+            cfg = compose("config", overrides=[*fast, *overrides], return_hydra_config=True)
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir or tmp_path)
             cfg.hydra.job.name = "test"

@@ -201,7 +201,9 @@ def test_unknown_dataset_message():
 
 @pytest.mark.parametrize("dataset", ["gaussians8", "gaussians25", "swissroll"])
 def test_hydra_config_instantiates(dataset):
-    cfg = OmegaConf.create({"seed": 7, "data": OmegaConf.load(CONF / f"{dataset}.yaml")})
+    # The data configs are global packages: the data module's arguments sit under `data`.
+    data_config = OmegaConf.load(CONF / f"{dataset}.yaml").data
+    cfg = OmegaConf.create({"seed": 7, "data": data_config})
     dm = instantiate(cfg.data)
     assert isinstance(dm, ToyDataModule)
     assert dm.dataset == dataset and dm.seed == 7 and dm.batch_size == 256
@@ -211,5 +213,5 @@ def test_hydra_config_instantiates(dataset):
         if name != "self"
     }
     # Every constructor argument is spelled out in the yaml with its default.
-    assert set(OmegaConf.load(CONF / f"{dataset}.yaml")) == {"_target_", *defaults}
+    assert set(data_config) == {"_target_", *defaults}
     assert dict(dm.hparams) == {**defaults, "dataset": dataset, "seed": 7}

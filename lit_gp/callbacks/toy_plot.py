@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -12,13 +9,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from lit_gp.callbacks.periodic import EveryGeneratorSteps, log_wandb_image, save_image
 from lit_gp.errors import check_int
-from lit_gp.wandb_utils import GENERATOR_STEP_KEY
 
 _GRID_CHUNK = 8192  # critic evaluations per forward pass; bounds memory for wide critics
 
 
-class ToyPlot(pl.Callback):
+class ToyPlot(EveryGeneratorSteps):
     """Draw the critic's contours, real samples (orange) and generated samples (green).
 
     Works with a LightningModule exposing ``critic`` (``(N, 2) -> (N,)`` or ``(N, 1)``),
@@ -33,66 +30,24 @@ class ToyPlot(pl.Callback):
     def __init__(
         self, every_n_generator_steps: int = 500, num_samples: int = 1000, grid_size: int = 100
     ) -> None:
-        for key, value, minimum in (
-            ("every_n_generator_steps", every_n_generator_steps, 1),
-            ("num_samples", num_samples, 1),
-            ("grid_size", grid_size, 2),
-        ):
-            check_int(key, value, minimum)
-        self.every_n_generator_steps = every_n_generator_steps
+        super().__init__(every_n_generator_steps)
+        check_int("num_samples", num_samples)
+        check_int("grid_size", grid_size, 2)
         self.num_samples = num_samples
         self.grid_size = grid_size
-        self.last_drawn_step: int | None = None
         # Fixed per fit so that successive frames share axes and the same real points.
         self._reference: np.ndarray | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reference = None
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        step = int(pl_module.generator_step)
-        # With n_critic > 1 the generator step stays put for several batches: draw it once.
-        if step > 0 and step % self.every_n_generator_steps == 0 and step != self.last_drawn_step:
-            self._draw(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if int(pl_module.generator_step) != self.last_drawn_step:
-            self._draw(trainer, pl_module)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_drawn_step": self.last_drawn_step}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_drawn_step = state_dict.get("last_drawn_step")
-
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        step = int(pl_module.generator_step)
-        self.last_drawn_step = step
-        if not trainer.is_global_zero:
-            return
-        # Plotting must not change training: fork the RNGs the samplers draw from.
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        numpy_state = np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=devices):
-                arrays = self._evaluate(trainer, pl_module)
-        finally:
-            np.random.set_state(numpy_state)
+    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        arrays = self._evaluate(trainer, pl_module)
         if arrays is None:
             return
         image = _render(*arrays, step=step)
-
-        path = Path(trainer.default_root_dir) / "samples" / f"step_{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path)
-        self._log_image(trainer, image, step)
+        save_image(trainer, image, step)
+        log_wandb_image(trainer, "val/samples", image, f"generator step {step}", step)
 
     def _evaluate(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -126,24 +81,6 @@ class ToyPlot(pl.Callback):
             critic.train(was_training)
         zz = values.float().cpu().numpy().reshape(xx.shape)
         return xx, yy, zz, real, fake.detach().float().cpu().numpy()
-
-    def _log_image(self, trainer: pl.Trainer, image: Image.Image, step: int) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
-
-                # One row holding both the image and the generator step (what log_image does
-                # plus the step), so the image sits on the generator-step axis even when
-                # define_generator_step_axis was not called.
-                logger.log_metrics(
-                    {
-                        "val/samples": [wandb.Image(image, caption=f"generator step {step}")],
-                        GENERATOR_STEP_KEY: step,
-                    },
-                    step=trainer.global_step,
-                )
 
 
 def _render(

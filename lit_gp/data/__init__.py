@@ -1,5 +1,22 @@
 """LightningDataModules."""
 
+from lit_gp.data.images import (
+    CIFAR10DataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    ImageDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+)
 from lit_gp.data.toy import ToyDataModule, sample_toy
 
-__all__ = ["ToyDataModule", "sample_toy"]
+__all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "ToyDataModule",
+    "sample_toy",
+]

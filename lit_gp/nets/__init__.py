@@ -1,6 +1,16 @@
 """Generators and critics: plain ``nn.Module``s."""
 
+from lit_gp.nets.dcgan import DCGANCritic, DCGANGenerator
 from lit_gp.nets.layers import MaskedReLU
 from lit_gp.nets.mlp import MLPCritic, MLPGenerator
+from lit_gp.nets.resnet import ResNetCritic, ResNetGenerator
 
-__all__ = ["MLPCritic", "MLPGenerator", "MaskedReLU"]
+__all__ = [
+    "DCGANCritic",
+    "DCGANGenerator",
+    "MLPCritic",
+    "MLPGenerator",
+    "MaskedReLU",
+    "ResNetCritic",
+    "ResNetGenerator",
+]
