@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from lit_gp.distributed import check_strategy, seed_per_rank
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.losses import get_loss
 from lit_gp.metrics import ModeCoverage, WassersteinEstimate
+from lit_gp.penalty_weights import WeightController
 from lit_gp.wandb_utils import GENERATOR_STEP_KEY
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {
@@ -61,6 +63,26 @@ def _call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
 # Pure fp16 has no loss scaler to protect the input gradient (16-mixed has one, and the penalty
 # uses it); measured on this project's machine, 16-true gave NaN losses.
 _UNSUPPORTED_PRECISION = ("16-true",)
+
+
+# The option that scales each named penalty, and its default when the config leaves it out.
+_WEIGHT_OPTIONS = ("weight", "gamma", "k")
+
+
+def _initial_weight(penalty: Any, keywords: dict[str, Any]) -> float:
+    """The configured weight of a penalty (``weight``, ``gamma`` or ``k``), or 1.0."""
+    for name in _WEIGHT_OPTIONS:
+        if name in keywords:
+            return float(keywords[name])
+    function = getattr(penalty, "func", penalty)
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return 1.0
+    for name in _WEIGHT_OPTIONS:
+        if name in parameters and parameters[name].default is not inspect.Parameter.empty:
+            return float(parameters[name].default)
+    return 1.0
 
 
 def _averaged_generator(generator: nn.Module, decay: float | None) -> AveragedModel | None:
@@ -129,6 +151,7 @@ class GANModule(L.LightningModule):
         fused_critic_pass: bool = True,
         ema_decay: float | None = None,
         generator_batch_size: int | None = None,
+        weight_controller: WeightController | Spec | None = None,
     ) -> None:
         super().__init__()
         arguments = dict(
@@ -145,6 +168,7 @@ class GANModule(L.LightningModule):
             fused_critic_pass=fused_critic_pass,
             ema_decay=ema_decay,
             generator_batch_size=generator_batch_size,
+            weight_controller=weight_controller,
         )
         # Only data goes into the hyperparameters: objects would need weights_only=False to load.
         self.save_hyperparameters(
@@ -173,10 +197,19 @@ class GANModule(L.LightningModule):
         if is_spec(penalty):
             penalty, self.penalty_every = _penalty_from_spec(penalty)
         self.penalty = penalty
+        keywords = getattr(penalty, "keywords", {})
         if penalty is not None:
             # Refuse a BatchNorm critic before training, not at the first critic step.
-            keywords = getattr(penalty, "keywords", {})
             penalties.check_critic(self.critic, keywords.get("allow_batch_norm", False))
+        controller = build(weight_controller, "weight_controller")
+        self.weight_controller: WeightController = (
+            WeightController() if controller is None else controller
+        )
+        if not isinstance(self.weight_controller, WeightController):
+            raise ConfigError(
+                "weight_controller", "must be a lit_gp.penalty_weights.WeightController"
+            )
+        self.weight_controller.bind(_initial_weight(penalty, keywords))
         if not isinstance(fused_critic_pass, bool):
             raise ConfigError(
                 "fused_critic_pass", f"must be true or false, got {fused_critic_pass!r}"
@@ -300,16 +333,19 @@ class GANModule(L.LightningModule):
             "train/wasserstein_estimate": (real_scores.mean() - fake_scores.mean()).detach(),
         }
         total = adversarial
+        result = None
         if self.penalty is not None and self.critic_step % self.penalty_every == 0:
             scaler = self._grad_scaler()
             if scaler is None:
                 result = self.penalty(self.critic, real, fake)
             else:
                 result = self.penalty(self.critic, real, fake, loss_scale=scaler.get_scale())
+            penalty_loss = self.weight_controller.loss(result)
             # Lazy regularization: k times the weight every k-th step keeps the same average.
-            total = total + self.penalty_every * result.loss
+            total = total + self.penalty_every * penalty_loss
             self._penalty_logs = {
-                "train/penalty": result.loss.detach(),
+                "train/penalty": penalty_loss.detach(),
+                "train/penalty_weight": torch.tensor(float(self.weight_controller.weight)),
                 "train/grad_norm_mean": result.grad_norm.mean(),
                 "train/grad_norm_max": result.grad_norm.max(),
                 "train/grad_norm_fraction_above_1": (result.grad_norm > 1).float().mean(),
@@ -318,6 +354,8 @@ class GANModule(L.LightningModule):
         self.manual_backward(total)
         optimizer.step()
         self.untoggle_optimizer(optimizer)
+        if result is not None:
+            self.weight_controller.update(result)
         self.critic_step += 1
         # The latest penalty statistics, also on steps that skipped a lazy penalty.
         return {**logs, **self._penalty_logs}
@@ -438,6 +476,7 @@ class GANModule(L.LightningModule):
             "generator_step": self.generator_step,
             "critic_step": self.critic_step,
             "critic_steps_in_cycle": self.critic_steps_in_cycle,
+            "weight_controller": self.weight_controller.state_dict(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -449,3 +488,4 @@ class GANModule(L.LightningModule):
         )
         self.critic_step = int(state.get("critic_step", default_critic_step))
         self.critic_steps_in_cycle = int(state.get("critic_steps_in_cycle", 0))
+        self.weight_controller.load_state_dict(state.get("weight_controller", {}))

@@ -28,10 +28,13 @@ class PenaltyResult:
     ``loss`` is the weighted scalar penalty, differentiable with respect to the critic's
     parameters (double backward). ``grad_norm`` is the per-sample L2 norm of dD/dx over all
     non-batch dimensions at the evaluation points, detached (it is for logging).
+    ``squared_norm`` is the per-sample squared norm still in the graph, for penalty-weight
+    controllers that build their own term from it (an augmented Lagrangian).
     """
 
     loss: Tensor
     grad_norm: Tensor
+    squared_norm: Tensor | None = None
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -180,7 +183,11 @@ def gradient_penalty(
         if one_sided:
             deviation = deviation.clamp(min=0)
         per_point = deviation.abs().pow(power)
-    return PenaltyResult(loss=weight * per_point.mean(), grad_norm=squared_norm.detach().sqrt())
+    return PenaltyResult(
+        loss=weight * per_point.mean(),
+        grad_norm=squared_norm.detach().sqrt(),
+        squared_norm=squared_norm,
+    )
 
 
 # --- named methods ---------------------------------------------------------------------------

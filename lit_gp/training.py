@@ -4,6 +4,7 @@ Hydra config, fit, finish the W&B run, return the optimized metric."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
+from lit_gp.classifier import GradientPenaltyClassifier, classifier_run_config, final_test
 from lit_gp.config import build, plain
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.gan import GANModule
@@ -27,6 +29,10 @@ from lit_gp.wandb_utils import (
 )
 
 log = logging.getLogger(__name__)
+
+# Lightning warns when an epoch has fewer batches than log_every_n_steps (8x8 digits: 22 batches
+# of 64); its logging counts batches across epochs, so nothing is lost.
+warnings.filterwarnings("ignore", message="The number of training batches .* logging interval")
 
 
 def _checkpoint_shape(model_spec: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +138,8 @@ def make_logger(cfg: DictConfig) -> Any:
 
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model; return ``cfg.optimized_metric`` (for sweeps) or None."""
+    # A classifier run drops the GAN nets, callbacks and generator-step cadence (no-op for GANs).
+    cfg = classifier_run_config(cfg)
     check_run_keys(cfg)
     check_checkpoint(cfg.get("ckpt_path"), cfg.model)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -152,7 +160,8 @@ def train(cfg: DictConfig) -> float | None:
         for name, spec in (cfg.get("callbacks") or {}).items()
         if spec is not None
     ]
-    callbacks.append(GeneratorStepLimit(cfg.generator_steps))
+    if isinstance(model, GANModule):
+        callbacks.append(GeneratorStepLimit(cfg.generator_steps))
     optimized_metric = cfg.get("optimized_metric")
 
     exit_code = 1
@@ -161,10 +170,13 @@ def train(cfg: DictConfig) -> float | None:
         trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
         if logger:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-            define_generator_step_axis(logger)
+            if isinstance(model, GANModule):
+                define_generator_step_axis(logger)
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # callback_metrics, not the module: under ddp_spawn the fit ran in other processes.
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        if isinstance(model, GradientPenaltyClassifier):
+            metrics.update(final_test(trainer, model, datamodule))
         summary = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
         log.info("finished: %s", summary)
         exit_code = 0

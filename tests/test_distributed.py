@@ -76,7 +76,12 @@ def ranks_noise(seed: int, rank: int, world_size: int = 2) -> torch.Tensor:
     return torch.randn(4)
 
 
-def test_seed_per_rank_gives_each_rank_its_own_reproducible_stream() -> None:
+def test_seed_per_rank_gives_each_rank_its_own_reproducible_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without seed_everything's PL_GLOBAL_SEED (an earlier test's train() may have set it), the
+    # base seed is torch's.
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     with torch.random.fork_rng():
         rank0, rank1, rank1_again = ranks_noise(0, 0), ranks_noise(0, 1), ranks_noise(0, 1)
         torch.manual_seed(0)

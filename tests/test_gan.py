@@ -98,7 +98,12 @@ def test_resume_continues_counters_optimizers_and_phase(tmp_path: Path) -> None:
     mid_cycle = tmp_path / "ckpt" / "step=6.ckpt"
     assert mid_cycle.is_file()
     state = torch.load(mid_cycle, weights_only=True)["lit_gp"]
-    assert state == {"generator_step": 1, "critic_step": 5, "critic_steps_in_cycle": 2}
+    assert state == {
+        "generator_step": 1,
+        "critic_step": 5,
+        "critic_steps_in_cycle": 2,
+        "weight_controller": {},  # a fixed weight has no state
+    }
 
     resumed = make_module(n_critic=3)
     trainer = make_trainer(tmp_path, generator_steps=3)

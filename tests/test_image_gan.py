@@ -393,3 +393,41 @@ def test_image_metrics_refuse_bad_arguments_and_unlabelled_data() -> None:
         ImageMetrics().setup(_Trainer(Unlabelled()), _StubModule(torch.zeros(1, 3, 8, 8)), "fit")
     assert error.value.key == "callbacks.image_metrics.features"
     assert "labels" in error.value.message
+
+
+def test_inception_features_need_the_fid_extra_and_the_weights() -> None:
+    # Here torch-fidelity is not installed (or its weights cannot be downloaded offline): one
+    # ConfigError naming the option, raised when the callback is built, before training.
+    with pytest.raises(ConfigError) as error:
+        ImageMetrics(features="inception")
+    assert error.value.key == "features"
+    assert "lit_gp[fid]" in error.value.message or "weights" in error.value.message
+
+
+def test_sample_grids_and_real_images_reach_wandb(
+    compose_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wandb_records import find_offline_runs, read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose_config(
+        "model=wgangp",
+        "data=digits",
+        "logger=wandb",
+        f"logger.save_dir={tmp_path}",
+        "logger.project=lit_gp_test",
+        fast=FAST_IMAGES,
+    )
+    train(cfg)
+    (run_dir,) = find_offline_runs(tmp_path)
+    run = read_run(run_dir)
+    grids = run.rows_with("val/samples")
+    assert [row["train/generator_step"] for row in grids] == [2, 3]
+    assert grids[0]["val/samples"]["captions"] == ["generator step 2"]
+    (real,) = run.rows_with("val/real_samples")
+    assert real["val/real_samples"]["captions"] == ["real images"]
+    fid_rows = run.rows_with("val/fid_digits_classifier")
+    assert [row["train/generator_step"] for row in fid_rows] == [2, 3]
+    assert all("val/min_class_fraction" in row for row in fid_rows)

@@ -4,6 +4,7 @@ every validation."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 import lightning.pytorch as pl
 import torch
@@ -130,12 +131,15 @@ class ImageMetrics(pl.Callback):
             pl_module.device
         )
         subset_size = min(self.kid_subset_size, real.shape[0], self.num_samples)
-        self._kid = KernelInceptionDistance(
-            feature=self.extractor,
-            subsets=self.kid_subsets,
-            subset_size=subset_size,
-            reset_real_features=False,
-        ).to(pl_module.device)
+        with warnings.catch_warnings():
+            # KID keeps every feature vector: num_samples of them here, by design.
+            warnings.filterwarnings("ignore", message=".*will save all extracted features")
+            self._kid = KernelInceptionDistance(
+                feature=self.extractor,
+                subsets=self.kid_subsets,
+                subset_size=subset_size,
+                reset_real_features=False,
+            ).to(pl_module.device)
         for chunk in real.split(_BATCH):
             chunk = chunk.to(pl_module.device)
             self._fid.update(chunk, real=True)

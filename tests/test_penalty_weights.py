@@ -1,0 +1,229 @@
+"""Adaptive penalty weights, checked on a linear critic whose gradient norm is known: D(x) = a.x
+has grad D = a at every point, so ||grad D|| = ||a|| for every sample."""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lit_gp import ConfigError, GANModule, penalties
+from lit_gp.penalty_weights import AugmentedLagrangian, ProportionalIntegral, WeightController
+
+
+class LinearCritic(nn.Module):
+    def __init__(self, slope: list[float]) -> None:
+        super().__init__()
+        self.slope = nn.Parameter(torch.tensor(slope, dtype=torch.float64))
+
+    def forward(self, points: Tensor) -> Tensor:
+        return points @ self.slope
+
+
+def _result(norm: float, weight: float = 10.0) -> penalties.PenaltyResult:
+    """wgan_gp on a 2-D linear critic with ||a|| = norm."""
+    critic = LinearCritic([norm, 0.0])
+    real, fake = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    return penalties.wgan_gp(critic, real, fake, weight=weight)
+
+
+def _pi(**kwargs) -> ProportionalIntegral:
+    controller = ProportionalIntegral(**kwargs)
+    controller.bind(10.0)
+    return controller
+
+
+def test_pi_update_by_hand() -> None:
+    controller = _pi(kp=0.5, ki=0.1, tolerance=0.1, smoothing=0.5)
+    controller.update(_result(3.0))  # deviation |3 - 1| = 2
+    # d1 = 2 (the first measurement), e1 = 1.9, I1 = 1.9: weight = 10 exp(0.5 * 1.9 + 0.1 * 1.9)
+    assert controller.weight == pytest.approx(10 * math.exp(0.6 * 1.9))
+    controller.update(_result(1.0))  # deviation 0
+    # d2 = 0.5 * 2 + 0.5 * 0 = 1, e2 = 0.9, I2 = 2.8
+    assert controller.weight == pytest.approx(10 * math.exp(0.5 * 0.9 + 0.1 * 2.8))
+    # The penalty term is the penalty (computed at the initial weight 10) rescaled.
+    result = _result(3.0)
+    torch.testing.assert_close(
+        controller.loss(result), result.loss * (controller.weight / 10), rtol=1e-12, atol=0
+    )
+
+
+def test_pi_raises_a_weight_while_the_norm_deviates_and_lowers_it_while_it_holds() -> None:
+    controller = _pi()
+    weights = []
+    for _ in range(200):
+        controller.update(_result(2.0))  # ||grad D|| = 2, target 1: deviates by 1
+        weights.append(controller.weight)
+    assert all(later > earlier for earlier, later in zip(weights, weights[1:], strict=False))
+    high = controller.weight
+    for _ in range(400):
+        controller.update(_result(1.0))  # holds the target exactly
+    assert controller.weight < high / 2
+
+
+def test_pi_stays_within_bounds_without_windup() -> None:
+    controller = _pi(min_weight=1.0, max_weight=20.0, ki=0.5)
+    for _ in range(100):
+        controller.update(_result(5.0))
+    assert controller.weight == 20.0
+    # No windup: once the norm holds, the weight leaves the bound within a few steps.
+    for _ in range(30):
+        controller.update(_result(1.0))
+    assert controller.weight < 20.0
+
+
+def test_lagrangian_by_hand() -> None:
+    controller = AugmentedLagrangian(target=1.0)
+    controller.bind(2.0)  # rho = 2, multiplier step rho
+    result = _result(3.0)  # constraint c = ||a||^2 - 1 = 8
+    # lambda = 0: the term is rho / 2 c^2 = 64
+    torch.testing.assert_close(controller.loss(result), torch.tensor(64.0, dtype=torch.float64))
+    controller.update(result)
+    assert controller.weight == pytest.approx(16.0)  # lambda += rho * c
+    # lambda c + rho / 2 c^2 = 16 * 8 + 64
+    torch.testing.assert_close(controller.loss(result), torch.tensor(192.0, dtype=torch.float64))
+    controller.update(_result(0.5))  # c = 0.25 - 1 = -0.75: the multiplier falls
+    assert controller.weight == pytest.approx(16.0 - 1.5)
+
+
+def test_lagrangian_term_trains_the_critic_towards_the_constraint() -> None:
+    # d/da of (rho / 2) c^2 with c = ||a||^2 - 1 is 2 rho c a: it shrinks a slope that is too
+    # steep and grows one that is too flat.
+    for norm, sign in ((3.0, 1.0), (0.5, -1.0)):
+        critic = LinearCritic([norm, 0.0])
+        controller = AugmentedLagrangian()
+        controller.bind(1.0)
+        real = torch.randn(8, 2, dtype=torch.float64)
+        result = penalties.wgan_gp(critic, real, torch.randn_like(real), weight=1.0)
+        controller.loss(result).backward()
+        expected = 2 * (norm**2 - 1) * norm
+        assert critic.slope.grad[0].item() == pytest.approx(expected)
+        assert math.copysign(1.0, critic.slope.grad[0].item()) == sign
+
+
+def test_controllers_save_and_restore_their_state() -> None:
+    controller = _pi()
+    for norm in (3.0, 2.0, 1.5):
+        controller.update(_result(norm))
+    restored = _pi()
+    restored.load_state_dict(controller.state_dict())
+    assert restored.weight == controller.weight
+    controller.update(_result(2.5))
+    restored.update(_result(2.5))
+    assert restored.weight == controller.weight
+    lagrangian, copy = AugmentedLagrangian(), AugmentedLagrangian()
+    lagrangian.bind(1.0)
+    copy.bind(1.0)
+    lagrangian.update(_result(2.0))
+    copy.load_state_dict(lagrangian.state_dict())
+    assert copy.weight == lagrangian.weight == pytest.approx(3.0)
+
+
+def test_bad_controller_settings_name_the_key() -> None:
+    for kwargs, key in [
+        ({"tolerance": -1}, "tolerance"),
+        ({"smoothing": 1.0}, "smoothing"),
+        ({"min_weight": 0}, "min_weight"),
+        ({"min_weight": 10, "max_weight": 1}, "max_weight"),
+        ({"kp": "fast"}, "kp"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            ProportionalIntegral(**kwargs)
+        assert error.value.key == key
+    with pytest.raises(ConfigError) as error:
+        AugmentedLagrangian(multiplier_lr=-1)
+    assert error.value.key == "multiplier_lr"
+
+
+# --- inside the GANModule ----------------------------------------------------------------------
+
+
+class _Points(L.LightningDataModule):
+    def train_dataloader(self):
+        data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+        return torch.utils.data.DataLoader(data, batch_size=16)
+
+
+class _Generator(nn.Module):
+    latent_dim = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(2, 2)
+
+    def forward(self, noise: Tensor) -> Tensor:
+        return self.net(noise)
+
+
+class _Critic(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def forward(self, points: Tensor) -> Tensor:
+        return self.net(points).squeeze(1)
+
+
+class _RecordWeights(L.Callback):
+    def __init__(self) -> None:
+        self.weights: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.weights.append(pl_module.weight_controller.weight)
+
+
+def _module(controller, weight: float = 10.0) -> GANModule:
+    torch.manual_seed(0)
+    return GANModule(
+        _Generator(),
+        _Critic(),
+        penalty=functools.partial(penalties.wgan_gp, weight=weight),
+        n_critic=1,
+        weight_controller=controller,
+    )
+
+
+def _fit(module: GANModule, batches: int, tmp_path: Path, *callbacks) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=2 * batches,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=_Points())
+    return trainer
+
+
+def test_module_uses_the_controller_and_checkpoints_its_state(tmp_path: Path) -> None:
+    recorder = _RecordWeights()
+    module = _module({"_target_": "lit_gp.penalty_weights.ProportionalIntegral", "ki": 0.5})
+    assert module.weight_controller.initial_weight == 10.0  # the penalty's configured weight
+    trainer = _fit(module, 4, tmp_path, recorder)
+    assert len(set(recorder.weights)) == 4  # it moved at every critic step
+    path = tmp_path / "adaptive.ckpt"
+    trainer.save_checkpoint(path)
+    restored = GANModule.load_from_checkpoint(
+        path, generator=_Generator(), critic=_Critic(), penalty=module.penalty
+    )
+    assert isinstance(restored.weight_controller, ProportionalIntegral)
+    assert restored.weight_controller.state_dict() == module.weight_controller.state_dict()
+    assert restored.weight_controller.weight == module.weight_controller.weight
+
+
+def test_fixed_weight_by_default_and_logged(tmp_path: Path) -> None:
+    module = _module(None, weight=3.0)
+    assert type(module.weight_controller) is WeightController
+    recorder = _RecordWeights()
+    _fit(module, 2, tmp_path, recorder)
+    assert recorder.weights == [3.0, 3.0]
+    with pytest.raises(ConfigError) as error:
+        _module({"_target_": "collections.OrderedDict"})
+    assert error.value.key == "weight_controller"
