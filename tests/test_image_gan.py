@@ -54,6 +54,15 @@ def test_nets_override_and_experiments_compose(compose_config) -> None:
     assert paper.model.generator_scheduler.total_iters == 100_000
     assert (paper.data.batch_size, paper.model.generator_batch_size) == (64, 128)
     assert (paper.model.n_critic, paper.model.penalty.weight) == (5, 10)
+    digits = compose_config("experiment=wgangp_digits", fast=QUIET)
+    assert digits.model.generator._target_ == "lit_gp.nets.DCGANGenerator"
+    assert (digits.generator_steps, digits.model.penalty.weight, digits.model.ema_decay) == (
+        9000,
+        10,
+        0.999,
+    )
+    r1_digits = compose_config("experiment=r1_digits", fast=QUIET)
+    assert (r1_digits.model.penalty.gamma, r1_digits.model.n_critic) == (1, 1)
     r1 = compose_config("experiment=r1_cifar10", fast=QUIET)
     assert (r1.model.penalty._target_, r1.model.loss) == ("lit_gp.penalties.r1", "non_saturating")
 
