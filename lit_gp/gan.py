@@ -349,6 +349,8 @@ class GANModule(L.LightningModule):
                 "train/grad_norm_mean": result.grad_norm.mean(),
                 "train/grad_norm_max": result.grad_norm.max(),
                 "train/grad_norm_fraction_above_1": (result.grad_norm > 1).float().mean(),
+                # Distance from the 1-Lipschitz ideal, whatever the penalty's own target.
+                "train/grad_norm_deviation": (result.grad_norm - 1).abs().mean(),
             }
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(total)

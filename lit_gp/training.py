@@ -3,6 +3,7 @@ Hydra config, fit, finish the W&B run, return the optimized metric."""
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -136,6 +137,16 @@ def make_logger(cfg: DictConfig) -> Any:
     return logger
 
 
+def write_final_metrics(metrics: dict[str, float], trainer: L.Trainer) -> None:
+    """The final metrics as ``<run dir>/metrics.json`` (rank zero), so scripts can tabulate a
+    sweep without a logger."""
+    if not trainer.is_global_zero:
+        return
+    path = Path(trainer.default_root_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=1) + "\n")
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit the configured model; return ``cfg.optimized_metric`` (for sweeps) or None."""
     # A classifier run drops the GAN nets, callbacks and generator-step cadence (no-op for GANs).
@@ -179,6 +190,7 @@ def train(cfg: DictConfig) -> float | None:
             metrics.update(final_test(trainer, model, datamodule))
         summary = ", ".join(f"{name}={value:.4g}" for name, value in sorted(metrics.items()))
         log.info("finished: %s", summary)
+        write_final_metrics(metrics, trainer)
         exit_code = 0
     finally:
         # Always finish: WandbLogger never does, and the next job of a multirun would reuse the
