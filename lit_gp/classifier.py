@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from lit_gp.config import Spec, build, is_spec, plain
+from lit_gp.config import Spec, build, is_spec, storable_hyperparameters
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.penalties import PenaltyResult, find_batch_norm, gradient_penalty, input_gradient
 from lit_gp.penalties import interpolates as interpolate
@@ -140,14 +140,7 @@ class GradientPenaltyClassifier(L.LightningModule):
             fgsm_epsilon=fgsm_epsilon,
             results_file=results_file,
         )
-        # Only data goes into the hyperparameters: objects would need weights_only=False to load.
-        self.save_hyperparameters(
-            {
-                name: plain(value)
-                for name, value in arguments.items()
-                if value is None or is_spec(value) or isinstance(value, (str, int, float))
-            }
-        )
+        self.save_hyperparameters(storable_hyperparameters(arguments))
 
         self.penalty_weight = _check_number("penalty_weight", penalty_weight)
         self.penalty_target = _check_number("penalty_target", penalty_target)

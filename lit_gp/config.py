@@ -31,6 +31,16 @@ def plain(value: Any) -> Any:
     return value
 
 
+def storable_hyperparameters(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments a module can save as hyperparameters: specs (as plain containers), strings,
+    numbers and None. Objects are left out: loading them would need weights_only=False."""
+    return {
+        name: plain(value)
+        for name, value in arguments.items()
+        if value is None or is_spec(value) or isinstance(value, (str, int, float))
+    }
+
+
 def build(spec: Any, key: str, partial: bool = False, recursive: bool = True, **kwargs: Any) -> Any:
     """Instantiate a ``_target_`` spec (objects pass through unchanged).
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lit_gp import penalties
-from lit_gp.config import Spec, build, is_spec, plain
+from lit_gp.config import Spec, build, is_spec, plain, storable_hyperparameters
 from lit_gp.distributed import check_strategy, seed_per_rank
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.losses import get_loss
@@ -170,14 +170,7 @@ class GANModule(L.LightningModule):
             generator_batch_size=generator_batch_size,
             weight_controller=weight_controller,
         )
-        # Only data goes into the hyperparameters: objects would need weights_only=False to load.
-        self.save_hyperparameters(
-            {
-                name: plain(value)
-                for name, value in arguments.items()
-                if value is None or is_spec(value) or isinstance(value, (str, int, float))
-            }
-        )
+        self.save_hyperparameters(storable_hyperparameters(arguments))
 
         check_int("n_critic", n_critic)
         check_int("num_eval_samples", num_eval_samples)

@@ -347,12 +347,12 @@ class _TorchvisionDataModule(ImageDataModule):
 
     def __init__(
         self,
-        root: str,
-        download: bool,
-        batch_size: int,
-        num_workers: int,
-        seed: int,
-        dequantize: bool,
+        root: str = "data",
+        download: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+        dequantize: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, dequantize)
         self.root = _check_root(root)
@@ -360,6 +360,8 @@ class _TorchvisionDataModule(ImageDataModule):
         self.download = download
         if not download:
             self._require_files()
+        # Subclasses add no arguments, so this frame holds all of them.
+        self.save_hyperparameters()
 
     @property
     @abstractmethod
@@ -450,18 +452,6 @@ class MNISTDataModule(_MNISTLikeDataModule):
     title = "MNIST"
     _torchvision_class = torchvision.datasets.MNIST
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        dequantize: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, num_workers, seed, dequantize)
-        self.save_hyperparameters()
-
 
 class FashionMNISTDataModule(_MNISTLikeDataModule):
     """Fashion-MNIST through torchvision: as MNIST, files in ``<root>/FashionMNIST/raw``."""
@@ -469,18 +459,6 @@ class FashionMNISTDataModule(_MNISTLikeDataModule):
     name = "fashion_mnist"
     title = "Fashion-MNIST"
     _torchvision_class = torchvision.datasets.FashionMNIST
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        dequantize: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, num_workers, seed, dequantize)
-        self.save_hyperparameters()
 
 
 class _CIFAR10FilesExist(torchvision.datasets.CIFAR10):
@@ -506,18 +484,6 @@ class CIFAR10DataModule(_TorchvisionDataModule):
     max_level = 255
     _data_shape = (3, 32, 32)
     _files = _CIFAR10_FILES
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
-        dequantize: bool = False,
-    ) -> None:
-        super().__init__(root, download, batch_size, num_workers, seed, dequantize)
-        self.save_hyperparameters()
 
     @property
     def folder(self) -> str:
