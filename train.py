@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lit_gp.errors import ConfigError
+from lit_gp.errors import ConfigError, TrainingInterrupted
 from lit_gp.training import train
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,12 @@ def main(cfg: DictConfig) -> float | None:
         # A user error: one line naming the key, no traceback, non-zero exit.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as stop:
+        print(
+            f"interrupted: {stop}; resume with the same command plus ckpt_path=last",
+            file=sys.stderr,
+        )
+        sys.exit(stop.exit_status)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The one exception type for bad user input."""
+"""The exception types that end a run with one line instead of a traceback."""
+
+import signal
 
 
 class ConfigError(ValueError):
@@ -30,3 +32,19 @@ def check_int(key: str, value: object, minimum: int = 1, maximum: int | None = N
         raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
     if maximum is not None and value > maximum:
         raise ConfigError(key, f"must be an integer <= {maximum}, got {value!r}")
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a resumable checkpoint."""
+
+    def __init__(self, signal_name: str, generator_step: int | None, path: object) -> None:
+        self.signal_name = signal_name
+        self.generator_step = generator_step
+        self.path = path
+        where = "" if generator_step is None else f" at generator step {generator_step}"
+        super().__init__(f"{signal_name}{where}; wrote {path}")
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal number, the shell's convention for a process ended by a signal."""
+        return 128 + int(signal.Signals[self.signal_name])

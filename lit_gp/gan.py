@@ -13,7 +13,7 @@ from hydra.utils import get_method
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lit_gp import penalties
+from lit_gp import penalties, random_state
 from lit_gp.config import Spec, build, is_spec, plain, storable_hyperparameters
 from lit_gp.distributed import check_strategy, seed_per_rank
 from lit_gp.errors import ConfigError, check_int, first_line
@@ -236,6 +236,7 @@ class GANModule(L.LightningModule):
         self.critic_step = 0
         self.critic_steps_in_cycle = 0
         self._penalty_logs: dict[str, Tensor] = {}
+        self._random_state_to_restore: dict[str, Any] | None = None
 
         self.wasserstein_estimate = WassersteinEstimate()
         self.mode_coverage: ModeCoverage | None = None
@@ -472,6 +473,10 @@ class GANModule(L.LightningModule):
             "critic_step": self.critic_step,
             "critic_steps_in_cycle": self.critic_steps_in_cycle,
             "weight_controller": self.weight_controller.state_dict(),
+            # Checkpoints are written after a batch (on_train_batch_end), and nothing between
+            # that point and the next batch draws from these RNGs (validation and the sample
+            # callbacks restore what they draw), so a resume continues the same noise.
+            "random_state": random_state.capture(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -484,3 +489,11 @@ class GANModule(L.LightningModule):
         self.critic_step = int(state.get("critic_step", default_critic_step))
         self.critic_steps_in_cycle = int(state.get("critic_steps_in_cycle", 0))
         self.weight_controller.load_state_dict(state.get("weight_controller", {}))
+        self._random_state_to_restore = state.get("random_state")
+
+    def on_train_start(self) -> None:
+        # Restored here, not in on_load_checkpoint: Lightning calls on_fit_start (which seeds
+        # DDP ranks) and builds the data iterators after loading the checkpoint.
+        if self._random_state_to_restore is not None:
+            random_state.restore(self._random_state_to_restore)
+            self._random_state_to_restore = None

@@ -20,12 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
 from lit_gp.classifier import GradientPenaltyClassifier, classifier_run_config, final_test
 from lit_gp.config import build, plain
-from lit_gp.errors import ConfigError, check_int, first_line
+from lit_gp.errors import ConfigError, TrainingInterrupted, check_int, first_line
 from lit_gp.gan import GANModule
 from lit_gp.wandb_utils import (
+    RememberWandbRun,
     choose_wandb_mode,
     define_generator_step_axis,
     finish_wandb,
+    mark_wandb_preempting,
     offline_hint,
 )
 
@@ -56,6 +58,62 @@ def check_run_keys(cfg: DictConfig) -> None:
     check_int("val_every_generator_steps", cfg.get("val_every_generator_steps"), 1)
     if cfg.get("num_threads") is not None:
         check_int("num_threads", cfg.get("num_threads"), 1)
+
+
+# Where Hydra puts runs by default (hydra.run.dir, hydra.sweep.dir), relative to the directory
+# train.py is started in; ``ckpt_path=last`` looks there.
+RUN_ROOTS = ("outputs", "multirun")
+
+
+def _without_checkpoint(overrides: Any) -> list[str]:
+    return sorted(str(item) for item in overrides if not str(item).startswith("ckpt_path="))
+
+
+def latest_checkpoint(output_dir: Path, search_roots: list[Path], overrides: list[str]) -> Path:
+    """``checkpoints/last.ckpt`` of the newest run started with the same overrides (ignoring
+    ``ckpt_path``): this run's own directory, or a run under ``search_roots``."""
+    wanted = _without_checkpoint(overrides)
+    candidates = []
+    own = output_dir / "checkpoints" / "last.ckpt"
+    if own.is_file():
+        candidates.append(own)
+    for root in search_roots:
+        if not root.is_dir():
+            continue
+        for saved in root.glob("**/.hydra/overrides.yaml"):
+            last = saved.parent.parent / "checkpoints" / "last.ckpt"
+            try:
+                same = _without_checkpoint(OmegaConf.load(saved)) == wanted
+            except Exception:
+                continue
+            if same and last.is_file():
+                candidates.append(last)
+    if not candidates:
+        roots = ", ".join(str(root) for root in search_roots)
+        raise ConfigError(
+            "ckpt_path",
+            f"last: no earlier run with these overrides has a checkpoints/last.ckpt (searched "
+            f"{output_dir} and {roots}); pass the checkpoint's path instead",
+        )
+    return max(candidates, key=lambda path: path.stat().st_mtime)
+
+
+def resolve_checkpoint(ckpt_path: Any) -> str | None:
+    """The checkpoint to resume from: a path as given, or ``last`` resolved by
+    :func:`latest_checkpoint` (a Hydra run is needed to know the overrides)."""
+    if ckpt_path is None or str(ckpt_path) != "last":
+        return ckpt_path
+    hydra_config = _hydra_config()
+    if hydra_config is None:
+        raise ConfigError("ckpt_path", "last needs a Hydra run (train.py); pass a path instead")
+    cwd = Path(hydra_config.runtime.cwd)
+    path = latest_checkpoint(
+        Path(hydra_config.runtime.output_dir),
+        [cwd / root for root in RUN_ROOTS],
+        list(hydra_config.overrides.task),
+    )
+    log.info("resuming from %s", path)
+    return str(path)
 
 
 def check_checkpoint(path: str | None, model_cfg: DictConfig) -> None:
@@ -107,9 +165,19 @@ def _is_wandb(spec: DictConfig) -> bool:
         return False
 
 
-def make_logger(cfg: DictConfig) -> Any:
+def saved_wandb_run_id(path: str | None) -> str | None:
+    """The W&B run id a checkpoint was written under (see RememberWandbRun), or None."""
+    if path is None:
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    run_id = checkpoint.get("wandb_run_id")
+    return str(run_id) if run_id else None
+
+
+def make_logger(cfg: DictConfig, resume_run_id: str | None = None) -> Any:
     """The configured logger, or False for ``logger=none``. W&B never prompts: without a login
-    (or when the server does not answer) it logs offline and one line says how to sync."""
+    (or when the server does not answer) it logs offline and one line says how to sync. Online,
+    ``resume_run_id`` (from the checkpoint a run resumes) continues that W&B run."""
     spec = cfg.get("logger")
     if not spec:
         return False
@@ -127,12 +195,16 @@ def make_logger(cfg: DictConfig) -> Any:
     overrides["offline"] = False
     if mode in ("offline", "disabled"):
         overrides["mode"] = mode
+    if mode == "online" and resume_run_id and spec.get("id") is None:
+        overrides.update(id=resume_run_id, resume="allow")
     logger = build(spec, "logger", **overrides)
     if mode == "online":
         try:
             logger.experiment  # noqa: B018 (starts the run now, so a dead network shows here)
         except Exception as error:
             print(f"W&B: no online run ({first_line(error)}), {offline_hint(save_dir)}")
+            overrides.pop("resume", None)
+            overrides.pop("id", None)
             logger = build(spec, "logger", **overrides, mode="offline")
     return logger
 
@@ -152,7 +224,8 @@ def train(cfg: DictConfig) -> float | None:
     # A classifier run drops the GAN nets, callbacks and generator-step cadence (no-op for GANs).
     cfg = classifier_run_config(cfg)
     check_run_keys(cfg)
-    check_checkpoint(cfg.get("ckpt_path"), cfg.model)
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))
+    check_checkpoint(ckpt_path, cfg.model)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("num_threads") is not None:
         torch.set_num_threads(cfg.num_threads)
@@ -177,13 +250,15 @@ def train(cfg: DictConfig) -> float | None:
 
     exit_code = 1
     try:
-        logger = make_logger(cfg)
+        logger = make_logger(cfg, saved_wandb_run_id(ckpt_path))
+        if isinstance(logger, WandbLogger):
+            callbacks.append(RememberWandbRun(logger))
         trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
         if logger:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             if isinstance(model, GANModule):
                 define_generator_step_axis(logger)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         # callback_metrics, not the module: under ddp_spawn the fit ran in other processes.
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if isinstance(model, GradientPenaltyClassifier):
@@ -192,6 +267,11 @@ def train(cfg: DictConfig) -> float | None:
         log.info("finished: %s", summary)
         write_final_metrics(metrics, trainer)
         exit_code = 0
+    except TrainingInterrupted as stop:
+        exit_code = stop.exit_status
+        if stop.signal_name == "SIGTERM":
+            mark_wandb_preempting()
+        raise
     finally:
         # Always finish: WandbLogger never does, and the next job of a multirun would reuse the
         # run. A failed job is marked failed on W&B.

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import wandb
 
 GENERATOR_STEP_KEY = "train/generator_step"
@@ -70,6 +71,27 @@ def finish_wandb(exit_code: int | None = None) -> None:
     """
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+class RememberWandbRun(L.Callback):
+    """Store the W&B run id in every checkpoint (``checkpoint["wandb_run_id"]``), so a resumed
+    run continues the same W&B run instead of starting a new one."""
+
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        run_id = self.logger.version
+        if run_id:
+            checkpoint["wandb_run_id"] = str(run_id)
+
+
+def mark_wandb_preempting() -> None:
+    """Tell W&B the active run was preempted (it shows as such, not as crashed)."""
+    if wandb.run is not None:
+        wandb.mark_preempting()
 
 
 def define_generator_step_axis(logger: Any) -> None:

@@ -98,6 +98,7 @@ def test_resume_continues_counters_optimizers_and_phase(tmp_path: Path) -> None:
     mid_cycle = tmp_path / "ckpt" / "step=6.ckpt"
     assert mid_cycle.is_file()
     state = torch.load(mid_cycle, weights_only=True)["lit_gp"]
+    assert set(state.pop("random_state")) == {"torch", "numpy", "python"}
     assert state == {
         "generator_step": 1,
         "critic_step": 5,

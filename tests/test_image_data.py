@@ -126,12 +126,22 @@ def test_digits_split_follows_fraction_and_seed():
     assert not torch.equal(first_batch(0), first_batch(1))
 
 
+def _dequantized_in_order(dm, n: int) -> torch.Tensor:
+    """The first ``n`` training images in split order, dequantized as training batches are:
+    the loader yields integer pixels and the datamodule's batch hook adds the noise."""
+    dataset = dm.train_dataloader().dataset
+    items = [dataset[i] for i in range(n)]
+    pixels = torch.stack([image for image, _ in items])
+    assert not pixels.is_floating_point()
+    labels = torch.stack([label for _, label in items])
+    return dm.on_after_batch_transfer((pixels, labels), 0)[0]
+
+
 def test_digits_dequantization_stays_in_each_pixels_bin():
     torch.manual_seed(0)
     dm = DigitsDataModule(dequantize=True)
     plain_x, _ = dm.real_images("train", 200)
-    dataset = dm.train_dataloader().dataset
-    noisy = torch.stack([dataset[i][0] for i in range(200)])
+    noisy = _dequantized_in_order(dm, 200)
     k = torch.round((plain_x.double() + 1) * 16 / 2)
     lower = (2 * k / 17 - 1).float()
     upper = (2 * (k + 1) / 17 - 1).float()
@@ -174,16 +184,15 @@ def test_mnist_dequantization_bins(mnist_root):
     torch.manual_seed(0)
     dm = MNISTDataModule(root=str(mnist_root), dequantize=True)
     plain_x, _ = dm.real_images("train")
-    dataset = dm.train_dataloader().dataset
-    noisy = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    noisy = _dequantized_in_order(dm, len(plain_x))
     k = torch.round((plain_x.double() + 1) * 255 / 2)
     lower = (2 * k / 256 - 1).float()
     upper = (2 * (k + 1) / 256 - 1).float()
     assert (noisy >= lower).all() and (noisy < upper).all()
     assert not torch.equal(noisy, plain_x)
     assert (noisy != plain_x).float().mean() > 0.99
-    # Training batches are dequantized too, validation batches not.
-    batch = next(iter(dm.train_dataloader()))[0]
+    # Training batches are dequantized too (by the batch hook), validation batches not.
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)[0]
     assert not torch.isin(batch, torch.tensor([-1.0, 1.0, _level(51).item()])).all()
     assert torch.equal(next(iter(dm.val_dataloader()))[0], dm.real_images("val", 32)[0])
 
@@ -320,8 +329,7 @@ def test_image_folder_dequantized(folder_root):
         root=str(folder_root), image_shape=(3, 8, 8), dequantize=True, batch_size=4
     )
     plain_x, _ = dm.real_images("train")
-    dataset = dm.train_dataloader().dataset
-    noisy = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    noisy = _dequantized_in_order(dm, len(plain_x))
     k = torch.round((plain_x.double() + 1) * 255 / 2)
     assert (noisy >= (2 * k / 256 - 1).float()).all()
     assert (noisy < (2 * (k + 1) / 256 - 1).float()).all()

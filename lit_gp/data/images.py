@@ -3,7 +3,10 @@
 Every module keeps a split as integer pixels ``(C, H, W)`` with a known ``max_level`` (255 for
 8-bit images, 16 for scikit-learn's digits) and maps a pixel ``k`` to ``2 k / max_level - 1``.
 With ``dequantize=True`` training pixels get uniform noise as in the WGAN-GP paper's code,
-``2 (k + u) / (max_level + 1) - 1`` with ``u ~ U[0, 1)``, so the data has a density.
+``2 (k + u) / (max_level + 1) - 1`` with ``u ~ U[0, 1)``, so the data has a density. The noise is
+added to the whole batch on the training device (``on_after_batch_transfer``), from the global
+torch RNG in the main process: the same draws whatever the number of workers, and restored with
+the rest of the random state when a run resumes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import lightning
@@ -21,11 +25,11 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
-from lit_gp.data.toy import _derived_generator
+from lit_gp.data.loading import EpochSampler, ResumableDataLoader, derived_generator
 from lit_gp.errors import ConfigError, check_int, first_line
 
 SPLITS = ("train", "val")
@@ -114,7 +118,7 @@ def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor
             "val_fraction",
             f"leaves no training images ({n} images, {n_val} for validation), got {val_fraction}",
         )
-    order = torch.randperm(n, generator=_derived_generator(seed, _STREAM_SPLIT))
+    order = torch.randperm(n, generator=derived_generator(seed, _STREAM_SPLIT))
     return order[n_val:], order[:n_val]
 
 
@@ -131,7 +135,7 @@ def dequantize_pixels(pixels: torch.Tensor, max_level: int) -> torch.Tensor:
     (rounding to float32 alone could reach it)."""
     k = pixels.double()
     scale = 2.0 / (max_level + 1)
-    noisy = ((k + torch.rand(k.shape, dtype=torch.float64)) * scale - 1.0).float()
+    noisy = ((k + torch.rand(k.shape, dtype=torch.float64, device=k.device)) * scale - 1.0).float()
     upper = ((k + 1.0) * scale - 1.0).float()
     return torch.minimum(noisy, torch.nextafter(upper, torch.full_like(upper, -math.inf)))
 
@@ -166,23 +170,19 @@ class _TensorSplit(_Split):
 
 
 class _ImageDataset(Dataset):
-    """``(image, label)`` pairs: float32 ``(C, H, W)`` in [-1, 1] and an int64 label."""
+    """``(image, label)`` pairs: float32 ``(C, H, W)`` in [-1, 1] (or the integer pixels, to be
+    dequantized batch-wise on the device) and an int64 label."""
 
-    def __init__(self, split: _Split, max_level: int, dequantize: bool) -> None:
+    def __init__(self, split: _Split, max_level: int, integer_pixels: bool) -> None:
         self.split = split
-        self.max_level = max_level
-        self.dequantize = dequantize
-        self.levels = level_table(max_level)
+        self.levels = None if integer_pixels else level_table(max_level)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = self.split.pixels(index)
-        if self.dequantize:
-            image = dequantize_pixels(pixels, self.max_level)
-        else:
-            image = self.levels[pixels.long()]
+        image = pixels if self.levels is None else self.levels[pixels.long()]
         return image, self.split.labels[index]
 
 
@@ -271,26 +271,33 @@ class ImageDataModule(lightning.LightningDataModule, ABC):
         smaller), e.g. for a grid of real images."""
         return self.real_images("val", n)[0]
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = _ImageDataset(self._split(split), self.max_level, self.dequantize and train)
-        return DataLoader(
-            dataset,
+    def _loader(self, split: str, train: bool) -> ResumableDataLoader:
+        data = self._split(split)
+        return ResumableDataLoader(
+            _ImageDataset(data, self.max_level, integer_pixels=self.dequantize and train),
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochSampler(len(data), self.seed, _STREAM_SHUFFLE, shuffle=train),
             drop_last=train,
-            generator=_derived_generator(self.seed, _STREAM_SHUFFLE) if train else None,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            generator=derived_generator(self.seed, _STREAM_SHUFFLE),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (fixed order for a given seed); the last partial batch is
-        dropped; dequantized if asked."""
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled training batches (the order of each epoch fixed by seed and epoch; resumable
+        mid-epoch); the last partial batch is dropped. With ``dequantize`` the images are the
+        integer pixels until :meth:`on_after_batch_transfer` adds the noise on the device."""
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> ResumableDataLoader:
         """All validation images in order, never dequantized."""
         return self._loader("val", train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Dequantize a batch of integer pixels (training batches with ``dequantize``)."""
+        images, labels = batch
+        if images.is_floating_point():
+            return batch
+        return dequantize_pixels(images, self.max_level), labels
 
 
 class DigitsDataModule(ImageDataModule):

@@ -8,8 +8,9 @@ import lightning
 import numpy as np
 import torch
 from sklearn.datasets import make_swiss_roll
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from lit_gp.data.loading import EpochSampler, ResumableDataLoader, derived_generator
 from lit_gp.errors import ConfigError
 
 DATASETS = ("gaussians8", "gaussians25", "swissroll")
@@ -97,11 +98,6 @@ def sample_toy(dataset: str, n: int, generator: torch.Generator) -> torch.Tensor
     return ((centers_t[index] + std * noise) / divisor).float()
 
 
-def _derived_generator(seed: int, stream: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 class _Rows(Dataset):
     """Rows of a ``(n, d)`` tensor, so the default collate yields plain ``(B, d)`` batches."""
 
@@ -161,33 +157,32 @@ class ToyDataModule(lightning.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Draw the train and validation points (once)."""
         if self.train_data is None:
-            gen = _derived_generator(self.seed, _STREAM_TRAIN)
+            gen = derived_generator(self.seed, _STREAM_TRAIN)
             self.train_data = sample_toy(self.dataset, self.num_train, gen)
         if self.val_data is None:
-            gen = _derived_generator(self.seed, _STREAM_VAL)
+            gen = derived_generator(self.seed, _STREAM_VAL)
             self.val_data = sample_toy(self.dataset, self.num_val, gen)
 
     def reference_samples(self, n: int) -> torch.Tensor:
         """``n`` real points from their own RNG stream: fixed for given ``seed`` and ``n``."""
-        return sample_toy(self.dataset, n, _derived_generator(self.seed, _STREAM_REFERENCE))
+        return sample_toy(self.dataset, n, derived_generator(self.seed, _STREAM_REFERENCE))
 
-    def _loader(self, data: torch.Tensor, train: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, data: torch.Tensor, train: bool) -> ResumableDataLoader:
+        return ResumableDataLoader(
             _Rows(data),
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochSampler(len(data), self.seed, _STREAM_SHUFFLE, shuffle=train),
             drop_last=train,
-            generator=_derived_generator(self.seed, _STREAM_SHUFFLE) if train else None,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            generator=derived_generator(self.seed, _STREAM_SHUFFLE),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         """Shuffled ``(batch_size, 2)`` batches; the last partial batch is dropped."""
         self.setup("fit")
         return self._loader(self.train_data, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> ResumableDataLoader:
         """All ``num_val`` validation points in order, in batches of ``batch_size``."""
         self.setup("validate")
         return self._loader(self.val_data, train=False)

@@ -1,0 +1,267 @@
+"""Bitwise resume: a run interrupted at any batch and resumed ends with exactly the parameters
+of an uninterrupted run (CPU), through Lightning in-process and through train.py killed by a
+signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import ROOT
+
+from lit_gp import GANModule, random_state
+from lit_gp.callbacks import GANCheckpoint, GeneratorStepLimit
+from lit_gp.checkpoint_io import AtomicCheckpointIO
+from lit_gp.data import DigitsDataModule, ToyDataModule
+
+MLP_NETS = {
+    "generator": {"_target_": "lit_gp.nets.MLPGenerator", "hidden_dim": 16},
+    "critic": {"_target_": "lit_gp.nets.MLPCritic", "hidden_dim": 16},
+}
+DCGAN_NETS = {
+    "generator": {
+        "_target_": "lit_gp.nets.DCGANGenerator",
+        "image_shape": [1, 8, 8],
+        "dim": 4,
+        "latent_dim": 8,
+    },
+    "critic": {"_target_": "lit_gp.nets.DCGANCritic", "image_shape": [1, 8, 8], "dim": 4},
+}
+
+
+def every_kind_of_state(nets: dict) -> GANModule:
+    """A module with all the training state there is: n_critic cycle, lazy penalty phase,
+    adaptive weight, EMA, learning-rate schedules."""
+    return GANModule(
+        **nets,
+        penalty={"_target_": "lit_gp.penalties.wgan_gp", "weight": 1.0, "every": 2},
+        n_critic=2,
+        ema_decay=0.9,
+        weight_controller={"_target_": "lit_gp.penalty_weights.ProportionalIntegral"},
+        critic_scheduler={"_target_": "torch.optim.lr_scheduler.LinearLR", "total_iters": 8},
+        generator_scheduler={"_target_": "torch.optim.lr_scheduler.LinearLR", "total_iters": 8},
+        num_eval_samples=64,
+    )
+
+
+def fit(module, datamodule, root: Path, steps: int, every_batch: bool = False, ckpt_path=None):
+    callbacks: list = [GeneratorStepLimit(steps)]
+    if every_batch:
+        # every_n_train_steps=1 saves after every batch (each batch takes 1 or 2 optimizer steps).
+        callbacks.append(
+            GANCheckpoint(
+                dirpath=root / "checkpoints",
+                filename="{step}",
+                every_n_train_steps=1,
+                save_top_k=-1,
+                save_on_signal=False,
+            )
+        )
+    trainer = L.Trainer(
+        default_root_dir=root,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=every_batch,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        # Validation (which draws samples) between the saves: it must not shift the RNG.
+        val_check_interval=4,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return module
+
+
+def assert_bitwise_equal(expected: dict, module: GANModule, name: str) -> None:
+    state = module.state_dict()
+    assert state.keys() == expected.keys()
+    different = [key for key, value in state.items() if not torch.equal(value, expected[key])]
+    assert not different, f"resuming from {name} changed {different}"
+
+
+def checkpoints_in_order(root: Path) -> list[Path]:
+    paths = (root / "checkpoints").glob("step=*.ckpt")
+    return sorted(paths, key=lambda path: int(path.stem.split("=")[1]))
+
+
+@pytest.mark.parametrize(
+    ("nets", "make_data"),
+    [
+        # 3 batches per epoch: resumes land mid-epoch, at epoch ends and mid n_critic cycle.
+        (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32)),
+        # Dequantization noise is drawn per batch from the restored RNG.
+        (DCGAN_NETS, lambda: DigitsDataModule(batch_size=256, dequantize=True)),
+    ],
+    ids=["toy", "digits_dequantized"],
+)
+def test_resume_from_every_batch_is_bitwise_identical(nets, make_data, tmp_path: Path) -> None:
+    steps = 8
+    L.seed_everything(0, verbose=False)
+    reference = fit(every_kind_of_state(nets), make_data(), tmp_path, steps, every_batch=True)
+    expected = {key: value.clone() for key, value in reference.state_dict().items()}
+    checkpoints = checkpoints_in_order(tmp_path)
+    assert len(checkpoints) == steps * 2  # one per batch (n_critic = 2)
+
+    for path in checkpoints:
+        # Another seed: everything must come from the checkpoint.
+        L.seed_everything(123, verbose=False)
+        resumed = fit(
+            every_kind_of_state(nets), make_data(), tmp_path / "resumed", steps, ckpt_path=path
+        )
+        assert resumed.generator_step == steps
+        assert_bitwise_equal(expected, resumed, path.name)
+
+
+def test_resume_without_the_random_state_differs(tmp_path: Path, monkeypatch) -> None:
+    """The control: the bitwise test above can fail (noise and penalty points must come from
+    the checkpoint)."""
+    steps = 4
+    L.seed_everything(0, verbose=False)
+    data = lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32)  # noqa: E731
+    reference = fit(every_kind_of_state(MLP_NETS), data(), tmp_path, steps, every_batch=True)
+    expected = {key: value.clone() for key, value in reference.state_dict().items()}
+    monkeypatch.setattr(random_state, "restore", lambda state: None)
+    L.seed_everything(123, verbose=False)
+    path = checkpoints_in_order(tmp_path)[2]
+    resumed = fit(every_kind_of_state(MLP_NETS), data(), tmp_path / "r", steps, ckpt_path=path)
+    with pytest.raises(AssertionError, match="changed"):
+        assert_bitwise_equal(expected, resumed, path.name)
+
+
+# --- through train.py, killed by a signal ------------------------------------------------------
+
+RUN = [
+    "generator_steps=120",
+    "val_every_generator_steps=20",
+    "model.n_critic=2",
+    "model.generator.hidden_dim=32",
+    "model.critic.hidden_dim=32",
+    "model.ema_decay=0.9",
+    "model.penalty.every=2",
+    "weight_controller=pi",
+    "data.num_train=1000",
+    "data.batch_size=64",
+    "model.num_eval_samples=64",
+    "callbacks.toy_plot.num_samples=64",
+    "callbacks.toy_plot.grid_size=8",
+    "logger=csv",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+def start_train(cwd: Path, *overrides: str) -> subprocess.Popen:
+    cwd.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "disabled"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *RUN, *overrides],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr
+
+
+def last_checkpoints(cwd: Path) -> list[Path]:
+    return sorted(cwd.glob("outputs/*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
+def wait_for_first_checkpoint(process: subprocess.Popen, cwd: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not last_checkpoints(cwd):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+def final_parameters(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_parameters(tmp_path_factory) -> dict[str, torch.Tensor]:
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    code, stderr = finished(start_train(cwd))
+    assert code == 0, stderr
+    (path,) = last_checkpoints(cwd)
+    return final_parameters(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kill_signal", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"]
+)
+def test_train_killed_and_resumed_matches_uninterrupted_run(
+    kill_signal, uninterrupted_parameters, tmp_path: Path
+) -> None:
+    expected = uninterrupted_parameters
+
+    cwd = tmp_path / "interrupted"
+    process = start_train(cwd)
+    wait_for_first_checkpoint(process, cwd)
+    process.send_signal(kill_signal)
+    code, stderr = finished(process)
+    if kill_signal == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, stderr
+        (line,) = [line for line in stderr.splitlines() if line.startswith("interrupted:")]
+        assert "SIGTERM at generator step" in line and "ckpt_path=last" in line
+        interrupted_at = torch.load(last_checkpoints(cwd)[0], weights_only=True)["lit_gp"]
+        assert 0 < interrupted_at["generator_step"] < 120
+    else:
+        assert code == -signal.SIGKILL
+
+    # The same command plus ckpt_path=last finds the interrupted run and finishes it.
+    time.sleep(1.1)  # a new Hydra output directory (named by the second)
+    code, stderr = finished(start_train(cwd, "ckpt_path=last"))
+    assert code == 0, stderr
+    first, resumed_path = last_checkpoints(cwd)
+    resumed = final_parameters(resumed_path)
+    assert resumed.keys() == expected.keys()
+    different = [key for key in expected if not torch.equal(expected[key], resumed[key])]
+    assert not different
+    # The interrupted run's own checkpoint is left as it was.
+    assert torch.load(first, weights_only=True)["lit_gp"]["generator_step"] < 120
+
+
+# --- checkpoint files ---------------------------------------------------------------------------
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_file_intact(tmp_path: Path, monkeypatch):
+    module = fit(
+        every_kind_of_state(MLP_NETS), ToyDataModule(batch_size=16, num_train=48), tmp_path, 2
+    )
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": module.state_dict(), "marker": 1}, path)
+
+    def half_then_disk_full(obj, file, *args, **kwargs):
+        file.write(b"x" * 1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_disk_full)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"state_dict": {}, "marker": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["marker"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["last.ckpt"]
+
+
+def test_train_config_writes_checkpoints_atomically(compose_config) -> None:
+    from lit_gp.config import build
+
+    trainer = build(compose_config().trainer, "trainer")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
