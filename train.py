@@ -12,8 +12,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lit_gp.errors import ConfigError, TrainingInterrupted
-from lit_gp.training import train
+from lit_gp.errors import ConfigError, NonFiniteError, TrainingInterrupted
+from lit_gp.training import check_output_dir, train
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ def main(cfg: DictConfig) -> float | None:
         # A user error: one line naming the key, no traceback, non-zero exit.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as error:
+        # The weights were not updated with it and no checkpoint was written on the way out.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
     except TrainingInterrupted as stop:
         print(
             f"interrupted: {stop}; resume with the same command plus ckpt_path=last",
@@ -35,4 +39,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:
+        check_output_dir(sys.argv[1:])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

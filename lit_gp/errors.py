@@ -48,3 +48,8 @@ class TrainingInterrupted(Exception):
     def exit_status(self) -> int:
         """128 + the signal number, the shell's convention for a process ended by a signal."""
         return 128 + int(signal.Signals[self.signal_name])
+
+
+class NonFiniteError(Exception):
+    """A loss, penalty, gradient or data batch held NaN or infinite values (see
+    :class:`lit_gp.callbacks.NonFiniteGuard`); the weights were not updated with it."""

@@ -237,6 +237,8 @@ class GANModule(L.LightningModule):
         self.critic_steps_in_cycle = 0
         self._penalty_logs: dict[str, Tensor] = {}
         self._random_state_to_restore: dict[str, Any] | None = None
+        # The current update's loss terms (detached), for lit_gp.callbacks.NonFiniteGuard.
+        self.loss_terms: dict[str, Tensor] = {}
 
         self.wasserstein_estimate = WassersteinEstimate()
         self.mode_coverage: ModeCoverage | None = None
@@ -270,6 +272,9 @@ class GANModule(L.LightningModule):
             generator.train(was_training)
 
     # --- optimization --------------------------------------------------------------------------
+
+    # What the optimizers of configure_optimizers update, in order (for messages).
+    optimizer_names = ("critic", "generator")
 
     def _optimizers_and_schedulers(self) -> tuple[list[Any], list[Any]]:
         optimizers = [
@@ -346,6 +351,9 @@ class GANModule(L.LightningModule):
                 # Distance from the 1-Lipschitz ideal, whatever the penalty's own target.
                 "train/grad_norm_deviation": (result.grad_norm - 1).abs().mean(),
             }
+        self.loss_terms = {"critic_loss": logs["train/critic_loss"]}
+        if result is not None:
+            self.loss_terms["penalty"] = self._penalty_logs["train/penalty"]
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(total)
         optimizer.step()
@@ -376,6 +384,7 @@ class GANModule(L.LightningModule):
         self.toggle_optimizer(optimizer)
         fake = self.generator(self.noise(batch_size))
         loss = self.adversarial_loss.generator(self.critic(fake))
+        self.loss_terms = {"generator_loss": loss.detach()}
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()

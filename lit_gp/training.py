@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,26 @@ def check_run_keys(cfg: DictConfig) -> None:
 # Where Hydra puts runs by default (hydra.run.dir, hydra.sweep.dir), relative to the directory
 # train.py is started in; ``ckpt_path=last`` looks there.
 RUN_ROOTS = ("outputs", "multirun")
+
+
+def check_output_dir(arguments: list[str]) -> None:
+    """Refuse, before Hydra starts, an output folder that cannot be created: Hydra would fail
+    with a traceback while making it. Checks the literal part of ``hydra.run.dir`` /
+    ``hydra.sweep.dir`` (before any ``${...}``) or Hydra's default roots."""
+    multirun = "-m" in arguments or "--multirun" in arguments
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = RUN_ROOTS[1] if multirun else RUN_ROOTS[0]
+    for argument in arguments:
+        name, _, value = argument.lstrip("+").partition("=")
+        if name == key:
+            folder = value.split("${")[0] or "."
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problem = "is not a folder" if not existing.is_dir() else "is not writable"
+        raise ConfigError(key, f"cannot create the output folder {path}: {existing} {problem}")
 
 
 def _without_checkpoint(overrides: Any) -> list[str]:

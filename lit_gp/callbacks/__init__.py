@@ -2,8 +2,16 @@
 
 from lit_gp.callbacks.checkpoint import GANCheckpoint
 from lit_gp.callbacks.image_metrics import ImageMetrics
+from lit_gp.callbacks.nonfinite import NonFiniteGuard
 from lit_gp.callbacks.sample_grid import SampleGrid
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
 from lit_gp.callbacks.toy_plot import ToyPlot
 
-__all__ = ["GANCheckpoint", "GeneratorStepLimit", "ImageMetrics", "SampleGrid", "ToyPlot"]
+__all__ = [
+    "GANCheckpoint",
+    "GeneratorStepLimit",
+    "ImageMetrics",
+    "NonFiniteGuard",
+    "SampleGrid",
+    "ToyPlot",
+]
