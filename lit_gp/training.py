@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
 from lit_gp.classifier import GradientPenaltyClassifier, classifier_run_config, final_test
 from lit_gp.config import build, plain
+from lit_gp.data.images import ImageReadError
 from lit_gp.errors import ConfigError, TrainingInterrupted, check_int, first_line
 from lit_gp.gan import GANModule
 from lit_gp.wandb_utils import (
@@ -279,7 +280,11 @@ def train(cfg: DictConfig) -> float | None:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
             if isinstance(model, GANModule):
                 define_generator_step_axis(logger)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except ImageReadError as error:
+            # Raised while loading a batch, where the data module's key has no prefix yet.
+            raise error.with_prefix("data") from None
         # callback_metrics, not the module: under ddp_spawn the fit ran in other processes.
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if isinstance(model, GradientPenaltyClassifier):
