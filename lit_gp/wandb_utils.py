@@ -8,6 +8,9 @@ from typing import Any
 
 import lightning as L
 import wandb
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from lit_gp.errors import first_line
 
 GENERATOR_STEP_KEY = "train/generator_step"
 
@@ -63,14 +66,108 @@ def offline_hint(save_dir: str | os.PathLike[str]) -> str:
     )
 
 
+class ResilientWandbLogger(WandbLogger):
+    """A ``WandbLogger`` whose failures never stop training.
+
+    While the network is down wandb itself keeps everything: its service process buffers and
+    retries, and every row is also in the run's local ``.wandb`` file (``wandb sync`` uploads
+    it later). What it cannot survive is its service process dying (killed, out of memory):
+    every later ``log`` raises, and the rows it had not yet written to the ``.wandb`` file are
+    lost with it (measured: a run's first seconds). So this logger also keeps the numeric rows
+    in memory (a few floats per logged step); on the first failure it prints one line, writes
+    them all with Lightning's ``CSVLogger`` to ``<save_dir>/wandb_fallback/metrics.csv`` and
+    sends every later row there.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fallback: CSVLogger | None = None
+        self._rows: list[tuple[dict[str, float], int | None]] = []
+
+    def _failed(self, error: BaseException) -> CSVLogger:
+        if self.fallback is None:
+            save_dir = Path(self.save_dir or ".")
+            self.fallback = CSVLogger(save_dir, name="wandb_fallback", version="")
+            print(
+                f"W&B: logging failed ({type(error).__name__}: {first_line(error)}); training "
+                f"goes on, all metrics go to {Path(self.fallback.log_dir) / 'metrics.csv'}",
+                flush=True,
+            )
+            for numbers, step in self._rows:
+                self.fallback.log_metrics(numbers, step)
+            self._rows = []
+        return self.fallback
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        numbers = {key: float(value) for key, value in metrics.items() if _is_number(value)}
+        if self.fallback is None:
+            try:
+                super().log_metrics(metrics, step)
+                if numbers:
+                    self._rows.append((numbers, step))
+                return
+            except Exception as error:
+                self._failed(error)
+        if numbers:
+            self.fallback.log_metrics(numbers, step)
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        if self.fallback is None:
+            try:
+                super().log_hyperparams(params, *args, **kwargs)
+                return
+            except Exception as error:
+                self._failed(error)
+        self.fallback.log_hyperparams(params)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        if self.fallback is None:
+            try:
+                super().after_save_checkpoint(checkpoint_callback)
+            except Exception as error:
+                self._failed(error)
+
+    def save(self) -> None:
+        if self.fallback is not None:
+            self.fallback.save()
+
+    def finalize(self, status: str) -> None:
+        if self.fallback is not None:
+            self.fallback.finalize(status)
+            return
+        try:
+            super().finalize(status)
+        except Exception as error:
+            self._failed(error).finalize(status)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return hasattr(value, "numel") and value.numel() == 1
+
+
 def finish_wandb(exit_code: int | None = None) -> None:
-    """Finish the active W&B run, if any.
+    """Finish the active W&B run, if any (a dead W&B service only prints a line).
 
     ``WandbLogger`` reuses an open run and never finishes it, so without this consecutive jobs of
     a Hydra multirun in one process would all log into the first job's run.
     """
-    if wandb.run is not None:
+    if wandb.run is None:
+        return
+    try:
         wandb.finish(exit_code=exit_code)
+    except Exception as error:
+        print(f"W&B: could not finish the run ({first_line(error)}); its local files are kept")
+        # Drop the dead service (and its exit hook, which would print a traceback at exit), so
+        # the next job of a multirun starts a fresh one.
+        try:
+            wandb.teardown()
+        except Exception:
+            pass
+        wandb.run = None
 
 
 class RememberWandbRun(L.Callback):
@@ -102,8 +199,6 @@ def define_generator_step_axis(logger: Any) -> None:
     ``trainer/global_step`` is still logged on every row. No-op for loggers other than
     ``WandbLogger``.
     """
-    from lightning.pytorch.loggers import WandbLogger
-
     if not isinstance(logger, WandbLogger):
         return
     run = logger.experiment
