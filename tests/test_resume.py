@@ -4,6 +4,7 @@ signal."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -36,7 +37,13 @@ DCGAN_NETS = {
 }
 
 
-def every_kind_of_state(nets: dict) -> GANModule:
+CONTROLLERS = {
+    "pi": {"_target_": "lit_gp.penalty_weights.ProportionalIntegral"},
+    "lagrangian": {"_target_": "lit_gp.penalty_weights.AugmentedLagrangian"},
+}
+
+
+def every_kind_of_state(nets: dict, controller: str = "pi") -> GANModule:
     """A module with all the training state there is: n_critic cycle, lazy penalty phase,
     adaptive weight, EMA, learning-rate schedules."""
     return GANModule(
@@ -44,7 +51,7 @@ def every_kind_of_state(nets: dict) -> GANModule:
         penalty={"_target_": "lit_gp.penalties.wgan_gp", "weight": 1.0, "every": 2},
         n_critic=2,
         ema_decay=0.9,
-        weight_controller={"_target_": "lit_gp.penalty_weights.ProportionalIntegral"},
+        weight_controller=CONTROLLERS[controller],
         critic_scheduler={"_target_": "torch.optim.lr_scheduler.LinearLR", "total_iters": 8},
         generator_scheduler={"_target_": "torch.optim.lr_scheduler.LinearLR", "total_iters": 8},
         num_eval_samples=64,
@@ -81,10 +88,24 @@ def fit(module, datamodule, root: Path, steps: int, every_batch: bool = False, c
     return module
 
 
+def full_state(module: GANModule) -> dict[str, torch.Tensor]:
+    """Parameters, buffers, EMA and the adaptive weight's state (its weight trajectory)."""
+    state = {key: value.clone() for key, value in module.state_dict().items()}
+    for key, value in module.weight_controller.state_dict().items():
+        state[f"weight_controller.{key}"] = torch.tensor(math.nan if value is None else value)
+    return state
+
+
 def assert_bitwise_equal(expected: dict, module: GANModule, name: str) -> None:
-    state = module.state_dict()
+    state = full_state(module)
     assert state.keys() == expected.keys()
-    different = [key for key, value in state.items() if not torch.equal(value, expected[key])]
+    # torch.equal(nan, nan) is False; an unset controller state is stored as NaN.
+    different = [
+        key
+        for key, value in state.items()
+        if not torch.equal(value, expected[key])
+        and not (value.isnan() & expected[key].isnan()).all()
+    ]
     assert not different, f"resuming from {name} changed {different}"
 
 
@@ -94,20 +115,28 @@ def checkpoints_in_order(root: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    ("nets", "make_data"),
+    ("nets", "make_data", "controller"),
     [
         # 3 batches per epoch: resumes land mid-epoch, at epoch ends and mid n_critic cycle.
-        (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32)),
+        (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "pi"),
+        (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "lagrangian"),
         # Dequantization noise is drawn per batch from the restored RNG.
-        (DCGAN_NETS, lambda: DigitsDataModule(batch_size=256, dequantize=True)),
+        (DCGAN_NETS, lambda: DigitsDataModule(batch_size=256, dequantize=True), "pi"),
     ],
-    ids=["toy", "digits_dequantized"],
+    ids=["toy_pi", "toy_lagrangian", "digits_dequantized"],
 )
-def test_resume_from_every_batch_is_bitwise_identical(nets, make_data, tmp_path: Path) -> None:
+def test_resume_from_every_batch_is_bitwise_identical(
+    nets, make_data, controller, tmp_path: Path
+) -> None:
     steps = 8
     L.seed_everything(0, verbose=False)
-    reference = fit(every_kind_of_state(nets), make_data(), tmp_path, steps, every_batch=True)
-    expected = {key: value.clone() for key, value in reference.state_dict().items()}
+    reference = fit(
+        every_kind_of_state(nets, controller), make_data(), tmp_path, steps, every_batch=True
+    )
+    expected = full_state(reference)
+    assert expected[
+        "weight_controller.deviation" if controller == "pi" else "weight_controller.multiplier"
+    ].isfinite()
     checkpoints = checkpoints_in_order(tmp_path)
     assert len(checkpoints) == steps * 2  # one per batch (n_critic = 2)
 
@@ -115,7 +144,11 @@ def test_resume_from_every_batch_is_bitwise_identical(nets, make_data, tmp_path:
         # Another seed: everything must come from the checkpoint.
         L.seed_everything(123, verbose=False)
         resumed = fit(
-            every_kind_of_state(nets), make_data(), tmp_path / "resumed", steps, ckpt_path=path
+            every_kind_of_state(nets, controller),
+            make_data(),
+            tmp_path / "resumed",
+            steps,
+            ckpt_path=path,
         )
         assert resumed.generator_step == steps
         assert_bitwise_equal(expected, resumed, path.name)
@@ -128,7 +161,7 @@ def test_resume_without_the_random_state_differs(tmp_path: Path, monkeypatch) ->
     L.seed_everything(0, verbose=False)
     data = lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32)  # noqa: E731
     reference = fit(every_kind_of_state(MLP_NETS), data(), tmp_path, steps, every_batch=True)
-    expected = {key: value.clone() for key, value in reference.state_dict().items()}
+    expected = full_state(reference)
     monkeypatch.setattr(random_state, "restore", lambda state: None)
     L.seed_everything(123, verbose=False)
     path = checkpoints_in_order(tmp_path)[2]
