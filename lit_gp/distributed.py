@@ -57,7 +57,7 @@ def check_strategy(trainer: Any) -> None:
         )
 
 
-def seed_per_rank(trainer: Any) -> None:
+def seed_per_rank(trainer: Any, step: int = 0) -> None:
     """Give every DDP rank but rank 0 its own torch random stream, derived from the current
     seed and the rank, so ranks draw different noise and penalty points.
 
@@ -69,5 +69,8 @@ def seed_per_rank(trainer: Any) -> None:
     # The seed seed_everything set (PL_GLOBAL_SEED), not torch.initial_seed(): after a first call
     # that is already a derived seed, and a second fit would get another stream.
     base = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
-    sequence = np.random.SeedSequence([base, trainer.global_rank])
+    # A resumed run passes its step, so its streams are not the ones the run started with.
+    sequence = np.random.SeedSequence(
+        [base, trainer.global_rank, step] if step else [base, trainer.global_rank]
+    )
     torch.manual_seed(int(sequence.generate_state(1, dtype=np.uint64)[0]))

@@ -503,6 +503,12 @@ class GANModule(L.LightningModule):
     def on_train_start(self) -> None:
         # Restored here, not in on_load_checkpoint: Lightning calls on_fit_start (which seeds
         # DDP ranks) and builds the data iterators after loading the checkpoint.
-        if self._random_state_to_restore is not None:
+        if self._random_state_to_restore is None:
+            return
+        if self.trainer.world_size == 1 or self.trainer.global_rank == 0:
             random_state.restore(self._random_state_to_restore)
-            self._random_state_to_restore = None
+        else:
+            # The checkpoint holds rank 0's random state only: restoring it on every rank would
+            # make all ranks draw the same noise. Other ranks take fresh streams instead.
+            seed_per_rank(self.trainer, step=self.critic_step)
+        self._random_state_to_restore = None

@@ -333,7 +333,7 @@ def test_gan_configs_pass_through_unchanged(compose_config) -> None:
 def test_classifier_config_drops_the_gan_parts(compose_config) -> None:
     cfg = classifier_run_config(compose_config("model=gp_classifier", "data=digits", fast=QUIET))
     assert "generator" not in cfg.model and "critic" not in cfg.model
-    assert list(cfg.callbacks) == ["checkpoint"]
+    assert list(cfg.callbacks) == ["checkpoint", "nonfinite_guard"]
     assert cfg.callbacks.checkpoint.every_n_train_steps is None
     assert cfg.trainer.max_epochs == 30
     assert cfg.trainer.check_val_every_n_epoch == 1 and cfg.trainer.val_check_interval == 1.0
