@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from conftest import ROOT
 from image_fixtures import write_image_folder
+from test_gan import make_trainer
 
 from lit_gp import GANModule
-from lit_gp.callbacks import GeneratorStepLimit
+from lit_gp.data import ToyDataModule
 
 QUICK = ["logger=none", "generator_steps=2", "+trainer.enable_progress_bar=false"]
 
@@ -53,18 +53,7 @@ def _inputs(root: Path) -> dict[str, Path]:
         generator={"_target_": "lit_gp.nets.MLPGenerator", "hidden_dim": 8},
         critic={"_target_": "lit_gp.nets.MLPCritic", "hidden_dim": 8},
     )
-    from lit_gp.data import ToyDataModule
-
-    trainer = L.Trainer(
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[GeneratorStepLimit(1)],
-        default_root_dir=root,
-    )
+    trainer = make_trainer(root, generator_steps=1)
     trainer.fit(module, datamodule=ToyDataModule(batch_size=16, num_train=64, num_val=16))
     paths["other_nets"] = root / "other_nets.ckpt"
     trainer.save_checkpoint(paths["other_nets"])
