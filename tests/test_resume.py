@@ -298,3 +298,64 @@ def test_train_config_writes_checkpoints_atomically(compose_config) -> None:
 
     trainer = build(compose_config().trainer, "trainer")
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# --- ckpt_path=last and the W&B run id ----------------------------------------------------------
+
+
+def _fake_run(root: Path, name: str, overrides: list[str], mtime: float) -> Path:
+    (root / name / ".hydra").mkdir(parents=True)
+    (root / name / ".hydra" / "overrides.yaml").write_text(
+        "".join(f"- {item}\n" for item in overrides)
+    )
+    last = root / name / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"checkpoint")
+    os.utime(last, (mtime, mtime))
+    return last
+
+
+def test_last_is_the_newest_run_with_the_same_overrides(tmp_path: Path) -> None:
+    from lit_gp.errors import ConfigError
+    from lit_gp.training import latest_checkpoint
+
+    outputs = tmp_path / "outputs"
+    older = _fake_run(outputs, "day/09-00-00", ["model=r1", "seed=1"], 1_000)
+    newer = _fake_run(outputs, "day/10-00-00", ["seed=1", "model=r1", "ckpt_path=x"], 2_000)
+    _fake_run(outputs, "day/11-00-00", ["model=r1", "seed=2"], 3_000)  # other overrides
+    here = tmp_path / "outputs" / "day" / "12-00-00"
+    wanted = ["model=r1", "seed=1", "ckpt_path=last"]
+    assert latest_checkpoint(here, [outputs], wanted) == newer
+    os.utime(older, (4_000, 4_000))
+    assert latest_checkpoint(here, [outputs], wanted) == older
+    with pytest.raises(ConfigError, match="no earlier run with these overrides"):
+        latest_checkpoint(here, [outputs], ["model=r2"])
+
+
+def test_checkpoints_remember_the_wandb_run_and_resume_it_online(
+    compose_config, tmp_path: Path, monkeypatch
+) -> None:
+    from lit_gp import training
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    training.train(compose_config("logger=wandb"))
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    run_id = run_dir.name.rsplit("-", 1)[1]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert training.saved_wandb_run_id(str(last)) == run_id
+
+    # Online, the logger is built to continue that run.
+    built = {}
+
+    class Logger:
+        experiment = None
+
+    def fake_build(spec, key, **kwargs):
+        built.update(kwargs)
+        return Logger()
+
+    monkeypatch.setattr(training, "choose_wandb_mode", lambda save_dir: "online")
+    monkeypatch.setattr(training, "build", fake_build)
+    training.make_logger(compose_config("logger=wandb"), resume_run_id=run_id)
+    assert built["id"] == run_id and built["resume"] == "allow"
