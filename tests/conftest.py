@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -49,6 +50,15 @@ FAST_IMAGES = [
     "callbacks.sample_grid.num_samples=16",
     *QUIET,
 ]
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """In-process runs may call torch.set_num_threads (num_threads=...); later tests in the same
+    process must not inherit it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
