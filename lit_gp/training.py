@@ -121,19 +121,29 @@ def latest_checkpoint(output_dir: Path, search_roots: list[Path], overrides: lis
 
 
 def resolve_checkpoint(ckpt_path: Any) -> str | None:
-    """The checkpoint to resume from: a path as given, or ``last`` resolved by
-    :func:`latest_checkpoint` (a Hydra run is needed to know the overrides)."""
-    if ckpt_path is None or str(ckpt_path) != "last":
+    """The checkpoint to resume from: a path as given; ``last``, resolved by
+    :func:`latest_checkpoint`; or ``auto``, the same when such a run exists and a fresh start
+    otherwise (one command for a job that may be preempted and requeued). ``last`` and ``auto``
+    need a Hydra run, to know the overrides."""
+    if ckpt_path is None or str(ckpt_path) not in ("last", "auto"):
         return ckpt_path
     hydra_config = _hydra_config()
     if hydra_config is None:
-        raise ConfigError("ckpt_path", "last needs a Hydra run (train.py); pass a path instead")
+        raise ConfigError(
+            "ckpt_path", f"{ckpt_path} needs a Hydra run (train.py); pass a path instead"
+        )
     cwd = Path(hydra_config.runtime.cwd)
-    path = latest_checkpoint(
-        Path(hydra_config.runtime.output_dir),
-        [cwd / root for root in RUN_ROOTS],
-        list(hydra_config.overrides.task),
-    )
+    try:
+        path = latest_checkpoint(
+            Path(hydra_config.runtime.output_dir),
+            [cwd / root for root in RUN_ROOTS],
+            list(hydra_config.overrides.task),
+        )
+    except ConfigError:
+        if str(ckpt_path) == "auto":
+            log.info("ckpt_path=auto: no earlier run with these overrides, starting afresh")
+            return None
+        raise
     log.info("resuming from %s", path)
     return str(path)
 

@@ -363,3 +363,20 @@ def test_checkpoints_remember_the_wandb_run_and_resume_it_online(
     monkeypatch.setattr(training, "build", fake_build)
     training.make_logger(compose_config("logger=wandb"), resume_run_id=run_id)
     assert built["id"] == run_id and built["resume"] == "allow"
+
+
+def test_auto_resumes_when_a_run_exists_and_starts_afresh_otherwise(
+    compose_config, tmp_path: Path, monkeypatch
+) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from lit_gp.training import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    compose_config("ckpt_path=auto", output_dir=tmp_path / "outputs" / "day" / "10-00-00")
+    assert resolve_checkpoint("auto") is None
+    overrides = list(HydraConfig.get().overrides.task)
+    assert "ckpt_path=auto" in overrides
+    earlier = _fake_run(tmp_path / "outputs", "day/09-00-00", overrides, 1_000)
+    assert resolve_checkpoint("auto") == str(earlier)
+    assert resolve_checkpoint("last") == str(earlier)
