@@ -100,7 +100,7 @@ class GANCheckpoint(ModelCheckpoint):
             return
         signum, self.received_signal = self.received_signal, None
         path = self.last_path or Path(trainer.default_root_dir) / "last.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self._restore_handlers()
         raise TrainingInterrupted(
             signal.Signals(signum).name, getattr(pl_module, "generator_step", None), path
@@ -117,4 +117,4 @@ class GANCheckpoint(ModelCheckpoint):
         if not self.save_last or self.last_path is None:
             super().on_train_end(trainer, pl_module)
             return
-        trainer.save_checkpoint(self.last_path)
+        trainer.save_checkpoint(self.last_path, weights_only=False)
