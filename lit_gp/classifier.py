@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from lit_gp.config import Spec, build, is_spec, storable_hyperparameters
+from lit_gp.config import Spec, build, call_factory, is_spec, storable_hyperparameters
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.penalties import PenaltyResult, find_batch_norm, gradient_penalty, input_gradient
 from lit_gp.penalties import interpolates as interpolate
@@ -60,16 +60,6 @@ def _check_choice(key: str, value: object, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}")
     return value  # type: ignore[return-value]
-
-
-def _call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
-    """Call an optimizer or scheduler factory; a bad argument becomes a ConfigError on ``key``."""
-    try:
-        return factory(*args)
-    except ConfigError as error:
-        raise error.with_prefix(key) from None
-    except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(key, first_line(error)) from None
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -189,10 +179,10 @@ class GradientPenaltyClassifier(L.LightningModule):
     # --- setup ---------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer = _call(self._optimizer_factory, "optimizer", self.net.parameters())
+        optimizer = call_factory(self._optimizer_factory, "optimizer", self.net.parameters())
         if self._scheduler_factory is None:
             return optimizer
-        scheduler = _call(self._scheduler_factory, "scheduler", optimizer)
+        scheduler = call_factory(self._scheduler_factory, "scheduler", optimizer)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def check_data_shape(self, data_shape: Sequence[int]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -66,6 +66,16 @@ def build(spec: Any, key: str, partial: bool = False, recursive: bool = True, **
         raise error.with_prefix(key) from None
     except OmegaConfBaseException as error:
         # A value that does not resolve, e.g. an interpolation of a non-number.
+        raise ConfigError(key, first_line(error)) from None
+
+
+def call_factory(factory: Callable[..., Any], key: str, *args: Any) -> Any:
+    """Call an optimizer or scheduler factory; a bad argument becomes a ConfigError on ``key``."""
+    try:
+        return factory(*args)
+    except ConfigError as error:
+        raise error.with_prefix(key) from None
+    except (TypeError, ValueError, KeyError) as error:
         raise ConfigError(key, first_line(error)) from None
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from lit_gp import penalties, random_state
-from lit_gp.config import Spec, build, is_spec, plain, storable_hyperparameters
+from lit_gp.config import Spec, build, call_factory, is_spec, plain, storable_hyperparameters
 from lit_gp.distributed import check_strategy, seed_per_rank
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.losses import get_loss
@@ -48,16 +48,6 @@ def _penalty_from_spec(spec: Spec) -> tuple[Callable[..., penalties.PenaltyResul
     except ConfigError as error:
         raise error.with_prefix("penalty") from None
     return functools.partial(method, **options), every
-
-
-def _call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
-    """Call an optimizer or scheduler factory; a bad argument becomes a ConfigError on ``key``."""
-    try:
-        return factory(*args)
-    except ConfigError as error:
-        raise error.with_prefix(key) from None
-    except (TypeError, ValueError, KeyError) as error:
-        raise ConfigError(key, first_line(error)) from None
 
 
 # Pure fp16 has no loss scaler to protect the input gradient (16-mixed has one, and the penalty
@@ -278,14 +268,14 @@ class GANModule(L.LightningModule):
 
     def _optimizers_and_schedulers(self) -> tuple[list[Any], list[Any]]:
         optimizers = [
-            _call(self._optimizer_factories[name], name, net.parameters())
+            call_factory(self._optimizer_factories[name], name, net.parameters())
             for name, net in (
                 ("critic_optimizer", self.critic),
                 ("generator_optimizer", self.generator),
             )
         ]
         schedulers = [
-            _call(factory, name, optimizer)
+            call_factory(factory, name, optimizer)
             for (name, factory), optimizer in zip(
                 self._scheduler_factories.items(), optimizers, strict=True
             )

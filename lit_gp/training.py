@@ -148,11 +148,12 @@ def resolve_checkpoint(ckpt_path: Any) -> str | None:
     return str(path)
 
 
-def check_checkpoint(path: str | None, model_cfg: DictConfig) -> None:
+def check_checkpoint(path: str | None, model_cfg: DictConfig) -> dict[str, Any] | None:
     """Refuse a resume path that is missing, is not a lit_gp checkpoint, or was written with
-    other nets or optimizers than ``model_cfg`` describes, before training."""
+    other nets or optimizers than ``model_cfg`` describes, before training; return the loaded
+    checkpoint (memory-mapped), or None without a path."""
     if path is None:
-        return
+        return None
     if not Path(path).is_file():
         raise ConfigError("ckpt_path", f"no checkpoint file at {path}")
     try:
@@ -173,6 +174,7 @@ def check_checkpoint(path: str | None, model_cfg: DictConfig) -> None:
             f"{path} was written with other {', '.join(differing)}; repeat the overrides of the "
             "run that wrote it (see its .hydra/overrides.yaml)",
         )
+    return checkpoint
 
 
 def _hydra_config() -> DictConfig | None:
@@ -197,11 +199,10 @@ def _is_wandb(spec: DictConfig) -> bool:
         return False
 
 
-def saved_wandb_run_id(path: str | None) -> str | None:
+def saved_wandb_run_id(checkpoint: dict[str, Any] | None) -> str | None:
     """The W&B run id a checkpoint was written under (see RememberWandbRun), or None."""
-    if path is None:
+    if checkpoint is None:
         return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     run_id = checkpoint.get("wandb_run_id")
     return str(run_id) if run_id else None
 
@@ -257,7 +258,7 @@ def train(cfg: DictConfig) -> float | None:
     cfg = classifier_run_config(cfg)
     check_run_keys(cfg)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"))
-    check_checkpoint(ckpt_path, cfg.model)
+    checkpoint = check_checkpoint(ckpt_path, cfg.model)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("num_threads") is not None:
         torch.set_num_threads(cfg.num_threads)
@@ -282,7 +283,7 @@ def train(cfg: DictConfig) -> float | None:
 
     exit_code = 1
     try:
-        logger = make_logger(cfg, saved_wandb_run_id(ckpt_path))
+        logger = make_logger(cfg, saved_wandb_run_id(checkpoint))
         if isinstance(logger, WandbLogger):
             callbacks.append(RememberWandbRun(logger))
         trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=logger)
