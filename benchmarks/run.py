@@ -9,7 +9,11 @@ conv setup (DCGAN-style, 1 x 28 x 28, batch 64). Three tables:
 1. training loop: lit_gp's Trainer loop against a minimal plain-PyTorch loop of the same nets,
    data and optimizers (wgan_gp, n_critic 5): generator steps per second and their ratio;
 2. critic step: the cost of a critic step with each penalty relative to the un-penalized step,
-   full and lazy (every 16), with real and fake scored in one fused call or in two;
+   full and lazy (every 16), with real and fake scored in one fused call or in two; beside it
+   the FLOP ratio, what the step with the penalty computes over what the un-penalized step
+   computes (matrix products and convolutions, counted by torch's FlopCounterMode). The FLOP
+   ratio does not depend on the machine: it is the time ratio a step would have if every FLOP
+   cost the same and nothing else took time;
 3. peak memory of a critic step with each penalty (CUDA: allocator peak; CPU: peak resident
    memory above the step's start, sampled every millisecond, in a child process with glibc's
    mmap threshold fixed so that freed tensors leave the resident set).
@@ -36,6 +40,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from lit_gp import GANModule, penalties
 from lit_gp.callbacks import GeneratorStepLimit
@@ -258,18 +263,24 @@ def _resident_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def peak_memory_mb(setup: Setup, penalty: dict | None) -> float:
-    """Peak memory of one critic step above its start, in MB."""
+def bare_module(setup: Setup, penalty: dict | None, device: torch.device) -> GANModule:
+    """A GANModule whose ``critic_update`` runs without a Trainer (for memory and FLOPs)."""
     torch.manual_seed(0)
     module = GANModule(
         generator=setup.make_generator(), critic=setup.make_critic(), penalty=penalty, n_critic=10
     )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device)
     optimizer = adam(module.critic.parameters())
     module.optimizers = lambda: [optimizer, None]  # what a Trainer would hand out
     module.toggle_optimizer = module.untoggle_optimizer = lambda optimizer: None
     module.manual_backward = lambda loss: loss.backward()
+    return module
+
+
+def peak_memory_mb(setup: Setup, penalty: dict | None) -> float:
+    """Peak memory of one critic step above its start, in MB."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = bare_module(setup, penalty, device)
     real = real_data(setup, 1).to(device)
     module.critic_update(real)  # allocate optimizer state first
     module.critic_step = 0  # so a lazy penalty's step is among the measured ones
@@ -294,6 +305,36 @@ def peak_memory_mb(setup: Setup, penalty: dict | None) -> float:
     done.set()
     sampler.join()
     return max(peak[0] - base, 0) / 2**20
+
+
+# --- 4. FLOPs ----------------------------------------------------------------------------
+
+
+class _GlobalScope:
+    """Stands in for FlopCounterMode's module tracker, which registers gradient hooks on every
+    module input and fails inside ``torch.autograd.grad`` on a leaf (the penalty's points)."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> _GlobalScope:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+
+def critic_step_flops(setup: Setup, penalty: dict | None, steps: int = 16) -> float:
+    """Mean FLOPs (matrix products and convolutions, as torch counts them) per critic step over
+    ``steps`` steps, so a lazy penalty counts once per 16. Deterministic: the floor a time ratio
+    can reach when every FLOP costs the same, whatever the machine."""
+    module = bare_module(setup, penalty, torch.device("cpu"))
+    real = real_data(setup, 1)
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalScope()
+    with counter:
+        for _ in range(steps):
+            module.critic_update(real)
+    return counter.get_total_flops() / steps
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -375,16 +416,18 @@ def main() -> None:
         }
         seconds = median_over_rounds(timers, rounds)
         memory = memory_table(key)
+        flops = {name: critic_step_flops(setup, penalty) for name, penalty in configs.items()}
         print(
             "\n| critic step | fused ms | fused ratio | unfused ms | unfused ratio "
-            "| peak MB (fused) |"
+            "| FLOP ratio | peak MB (fused) |"
         )
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         for name in configs:
             row = [name]
             for fused in (True, False):
                 value = seconds[(name, fused)]
                 row += [f"{value * 1e3:.1f}", f"{value / seconds[('none', fused)]:.2f}x"]
+            row.append(f"{flops[name] / flops['none']:.2f}x")
             row.append(f"{memory[name]:.1f}")
             print("| " + " | ".join(row) + " |")
 
