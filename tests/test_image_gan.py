@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST_IMAGES, QUIET, run_train
-from image_fixtures import write_cifar10, write_mnist
+from image_fixtures import write_cifar10, write_image_folder, write_mnist
 from PIL import Image
 from torch import Tensor, nn
 
 from lit_gp import ConfigError, GANModule
-from lit_gp.callbacks import ImageMetrics, SampleGrid
+from lit_gp.callbacks import ImageMetrics, SampleGrid, image_metrics
 from lit_gp.callbacks.sample_grid import image_grid
 from lit_gp.data import DigitsDataModule
 from lit_gp.metrics import features
@@ -399,9 +399,77 @@ def test_image_metrics_refuse_bad_arguments_and_unlabelled_data() -> None:
             pass
 
     with pytest.raises(ConfigError) as error:
-        ImageMetrics().setup(_Trainer(Unlabelled()), _StubModule(torch.zeros(1, 3, 8, 8)), "fit")
+        ImageMetrics(features="classifier").setup(
+            _Trainer(Unlabelled()), _StubModule(torch.zeros(1, 3, 8, 8)), "fit"
+        )
     assert error.value.key == "callbacks.image_metrics.features"
     assert "labels" in error.value.message
+
+
+class _UnlabelledImages:
+    name = "image_folder"
+    num_classes = None
+    data_shape = (3, 8, 8)
+
+    def setup(self, stage: str) -> None:
+        pass
+
+    def real_images(self, split: str, n: int) -> tuple[Tensor, None]:
+        return torch.rand(n, *self.data_shape, generator=torch.Generator().manual_seed(0)), None
+
+
+def test_auto_features_without_labels_or_the_fid_extra_skip_the_metrics_with_a_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image_metrics, "fid_extra_installed", lambda: False)
+    callback, module = ImageMetrics(), _StubModule(torch.zeros(4, 3, 8, 8))
+    trainer = _Trainer(_UnlabelledImages())
+    with caplog.at_level("WARNING", logger=image_metrics.__name__):
+        callback.setup(trainer, module, "fit")
+        callback.setup(trainer, module, "fit")  # warned once, not per call
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1
+    assert "image_folder" in warnings[0] and "lit_gp[fid]" in warnings[0]
+    callback.on_validation_epoch_end(trainer, module)
+    assert module.logged == {}
+
+
+def test_auto_features_without_labels_use_inception_when_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class MeanColour(nn.Module):  # stands in for the Inception network (no weights offline)
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_features = 3
+
+        def forward(self, images: Tensor) -> Tensor:
+            return images.float().mean((2, 3))
+
+    monkeypatch.setattr(image_metrics, "fid_extra_installed", lambda: True)
+    monkeypatch.setattr(image_metrics, "InceptionFeatures", MeanColour)
+    images = torch.rand(40, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    callback = ImageMetrics(num_samples=40, kid_subset_size=10, kid_subsets=2)
+    module, trainer = _StubModule(images), _Trainer(_UnlabelledImages())
+    callback.setup(trainer, module, "fit")
+    callback.on_validation_epoch_end(trainer, module)
+    assert set(module.logged) == {"val/fid_inception", "val/kid_inception"}
+    assert module.logged["val/fid_inception"] >= 0
+
+
+def test_image_folder_trains_from_the_readme_command_without_extras(
+    compose_config, tmp_path: Path
+) -> None:
+    # The README's image_folder command with nothing but the base install: no labels and no
+    # torch-fidelity, so features=auto leaves FID out instead of refusing to start.
+    root = tmp_path / "images"
+    write_image_folder(root, n=24)
+    cfg = compose_config(
+        "data=image_folder", f"data.root={root}", "image_shape=[3,8,8]", fast=FAST_IMAGES
+    )
+    train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    model = GANModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.sample(2).shape == (2, 3, 8, 8)
 
 
 def test_inception_features_need_the_fid_extra_and_the_weights() -> None:

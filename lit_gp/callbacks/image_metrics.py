@@ -3,6 +3,7 @@ every validation."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 
@@ -17,8 +18,13 @@ from lit_gp.metrics.features import ClassifierFeatures, cached_classifier, check
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("classifier", "inception")
+FEATURES = ("auto", "classifier", "inception")
 _BATCH = 250  # images per feature-extractor call
+
+
+def fid_extra_installed() -> bool:
+    """Whether torch-fidelity (the ``fid`` extra, Inception features) can be imported."""
+    return importlib.util.find_spec("torch_fidelity") is not None
 
 
 class InceptionFeatures(nn.Module):
@@ -61,7 +67,10 @@ class ImageMetrics(pl.Callback):
     ``features`` chooses the feature extractor, which is also part of the logged keys, so that a
     number is never mistaken for the standard Inception FID:
 
-    - ``"classifier"`` (default): a small convolutional classifier trained on the data set's own
+    - ``"auto"`` (default): ``"classifier"`` for labelled data; for data without labels
+      (``image_folder``) ``"inception"`` if torch-fidelity is installed, else no FID/KID, with
+      one warning saying so (a custom folder should train without an optional extra).
+    - ``"classifier"``: a small convolutional classifier trained on the data set's own
       training split (``classifier_epochs`` epochs), cached in ``cache_dir`` (default
       ``$LIT_GP_CACHE`` or ``~/.cache/lit_gp``). Keys ``val/fid_<data>_classifier`` and
       ``val/kid_<data>_classifier``, e.g. ``val/fid_digits_classifier``. It also logs how the
@@ -79,7 +88,7 @@ class ImageMetrics(pl.Callback):
     def __init__(
         self,
         num_samples: int = 1000,
-        features: str = "classifier",
+        features: str = "auto",
         kid_subset_size: int = 100,
         kid_subsets: int = 50,
         classifier_epochs: int = 10,
@@ -101,16 +110,23 @@ class ImageMetrics(pl.Callback):
         self.extractor: nn.Module | None = InceptionFeatures() if features == "inception" else None
         self.extractor_name = "inception" if features == "inception" else None
         self.classifier_accuracy: float | None = None
+        self.enabled = True  # False when features=auto finds no extractor for the data
         self._fid: FrechetInceptionDistance | None = None
         self._kid: KernelInceptionDistance | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         shape = getattr(datamodule, "data_shape", None)
-        if shape is None or len(shape) != 3 or self._fid is not None:
+        if shape is None or len(shape) != 3 or self._fid is not None or not self.enabled:
             return
         datamodule.setup(stage)
-        if self.features == "classifier":
+        features = self.features
+        if features == "auto":
+            features = self._auto_features(datamodule)
+            if features is None:
+                self.enabled = False
+                return
+        if features == "classifier":
             num_classes = check_labelled(datamodule)
             self.extractor, self.classifier_accuracy = cached_classifier(
                 datamodule.name,
@@ -144,6 +160,22 @@ class ImageMetrics(pl.Callback):
             chunk = chunk.to(pl_module.device)
             self._fid.update(chunk, real=True)
             self._kid.update(chunk, real=True)
+
+    def _auto_features(self, datamodule) -> str | None:
+        """``classifier`` for labelled data; else ``inception`` if torch-fidelity is installed
+        (built here, so missing weights still stop the run before training); else None."""
+        if getattr(datamodule, "num_classes", None):
+            return "classifier"
+        name = getattr(datamodule, "name", type(datamodule).__name__)
+        if not fid_extra_installed():
+            log.warning(
+                "no FID/KID for %s: it has no labels to train classifier features, and Inception "
+                "features need pip install 'lit_gp[fid]' (callbacks.image_metrics.features)",
+                name,
+            )
+            return None
+        self.extractor, self.extractor_name = InceptionFeatures(), "inception"
+        return "inception"
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._fid is None or trainer.sanity_checking:
