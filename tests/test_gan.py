@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 
 from lit_gp import ConfigError, GANModule, penalties
 from lit_gp.callbacks import GeneratorStepLimit
@@ -303,3 +304,65 @@ def test_critic_update_uses_the_trainers_grad_scaler() -> None:
     one_critic_step(plain, real)
     assert seen == [{"loss_scale": 512.0}]
     assert_same_critic(scaled, plain)
+
+
+class RecordingLogger(Logger):
+    """Keeps every row Lightning writes to a logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, float]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append(dict(metrics))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def _training_rows(log_every_n_steps: int, generator_steps: int = 7) -> list[dict[str, float]]:
+    torch.manual_seed(0)
+    logger = RecordingLogger()
+    trainer = L.Trainer(
+        max_epochs=-1,
+        logger=logger,
+        log_every_n_steps=log_every_n_steps,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[GeneratorStepLimit(generator_steps)],
+    )
+    trainer.fit(make_module(n_critic=2), datamodule=data())
+    return [row for row in logger.rows if "train/critic_loss" in row]
+
+
+@pytest.mark.parametrize(
+    ("log_every_n_steps", "generator_steps_written"),
+    [
+        (6, [3, 6, 7]),  # every 3 generator steps, and the last step
+        (3, [1, 3, 4, 6, 7]),  # batches 3, 6, 9, 12 (the latest generator step), and the last
+    ],
+)
+def test_training_metrics_reach_the_loggers_at_their_cadence_unchanged(
+    log_every_n_steps: int, generator_steps_written: list[int]
+) -> None:
+    # The module hands its metrics to self.log only on the batches the loggers write; the rows
+    # must be the ones a run logging every batch writes for those generator steps.
+    every_batch = {row["train/generator_step"]: row for row in _training_rows(1)}
+    rows = _training_rows(log_every_n_steps)
+    assert [row["train/generator_step"] for row in rows] == generator_steps_written
+    for row in rows:
+        reference = every_batch[row["train/generator_step"]]
+        assert {key: row[key] for key in reference if key != "epoch"} == {
+            key: reference[key] for key in reference if key != "epoch"
+        }
