@@ -1,6 +1,6 @@
 """lit_gp benchmarks: one process, interleaved rounds, ratios against plain PyTorch.
 
-    python benchmarks/run.py            # the full run (about 10 minutes on 2 CPU cores)
+    python benchmarks/run.py            # the full run (about 17 minutes on 2 CPU cores)
     python benchmarks/run.py --quick    # a smoke run (about 1 minute)
 
 Two setups: the WGAN-GP paper's toy setup (MLP 3 x 512, batch 256, 2-D data) and an MNIST-sized
@@ -18,8 +18,9 @@ conv setup (DCGAN-style, 1 x 28 x 28, batch 64). Three tables:
    memory above the step's start, sampled every millisecond, in a child process with glibc's
    mmap threshold fixed so that freed tensors leave the resident set).
 
-Every figure is the median over rounds, and the configurations of a table run interleaved within
-each round, so a slow moment of a shared machine hits all of them alike.
+The configurations of a table run interleaved, once per round (5 rounds). Times are medians
+over rounds; ratios are medians over rounds of each round's ratio to the baseline measured in
+the same round, so a slow spell of a shared machine cancels out.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
@@ -340,12 +342,19 @@ def critic_step_flops(setup: Setup, penalty: dict | None, steps: int = 16) -> fl
 # --- main ---------------------------------------------------------------------------------
 
 
-def median_over_rounds(functions: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    results: dict[str, list[float]] = {name: [] for name in functions}
+def interleaved_rounds(functions: dict[Any, Callable[[], float]], rounds: int) -> dict[Any, list]:
+    """Every function once per round, in order; the values per function, one per round."""
+    results: dict[Any, list[float]] = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
             results[name].append(function())
-    return {name: statistics.median(values) for name, values in results.items()}
+    return results
+
+
+def paired_ratio(values: list[float], baseline: list[float]) -> float:
+    """The median over rounds of each round's ratio to the baseline measured in the same round:
+    a slow spell of a shared machine then cancels out instead of landing in one median only."""
+    return statistics.median(value / base for value, base in zip(values, baseline, strict=True))
 
 
 def memory_table(setup_key: str) -> dict[str, float]:
@@ -377,7 +386,7 @@ def main() -> None:
         configs = penalty_configs(setup)
         print(json.dumps({name: peak_memory_mb(setup, p) for name, p in configs.items()}))
         return
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 5)
     loop_steps, loop_warmup = (10, 2) if args.quick else (60, 5)
     critic_steps, critic_warmup = (16, 2) if args.quick else (64, 5)
 
@@ -392,7 +401,7 @@ def main() -> None:
     for key in args.setups:
         setup = SETUPS[key]
         print(f"\n## {setup.name}\n")
-        loops = median_over_rounds(
+        loops = interleaved_rounds(
             {
                 "plain PyTorch": lambda s=setup: plain_loop(s, loop_steps, loop_warmup),
                 "lit_gp": lambda s=setup: lit_gp_loop(s, loop_steps, loop_warmup),
@@ -401,8 +410,9 @@ def main() -> None:
         )
         print("| training loop (wgan_gp, n_critic 5) | generator steps/s | ratio |")
         print("|---|---|---|")
-        for name, value in loops.items():
-            print(f"| {name} | {value:.2f} | {value / loops['plain PyTorch']:.2f}x |")
+        for name, values in loops.items():
+            ratio = paired_ratio(values, loops["plain PyTorch"])
+            print(f"| {name} | {statistics.median(values):.2f} | {ratio:.2f}x |")
 
         configs = penalty_configs(setup)
         timers = {
@@ -414,7 +424,7 @@ def main() -> None:
             for name, penalty in configs.items()
             for fused in (True, False)
         }
-        seconds = median_over_rounds(timers, rounds)
+        seconds = interleaved_rounds(timers, rounds)
         memory = memory_table(key)
         flops = {name: critic_step_flops(setup, penalty) for name, penalty in configs.items()}
         print(
@@ -425,8 +435,9 @@ def main() -> None:
         for name in configs:
             row = [name]
             for fused in (True, False):
-                value = seconds[(name, fused)]
-                row += [f"{value * 1e3:.1f}", f"{value / seconds[('none', fused)]:.2f}x"]
+                values = seconds[(name, fused)]
+                ratio = paired_ratio(values, seconds[("none", fused)])
+                row += [f"{statistics.median(values) * 1e3:.1f}", f"{ratio:.2f}x"]
             row.append(f"{flops[name] / flops['none']:.2f}x")
             row.append(f"{memory[name]:.1f}")
             print("| " + " | ".join(row) + " |")
