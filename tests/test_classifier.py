@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import QUIET, ROOT, run_train
+from conftest import QUIET, ROOT, RecordingLogger, run_train
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -174,6 +174,35 @@ def _fit_on_fixed_batches(module: L.LightningModule, data: TensorDataset) -> Non
         accelerator="cpu",
     )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8, shuffle=False))
+
+
+def _training_rows(log_every_n_steps: int) -> list[dict[str, float]]:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.rand(56, 1, 4, 4) * 2 - 1, torch.randint(0, 3, (56,)))
+    module = GradientPenaltyClassifier(MLPClassifier((1, 4, 4), 3, hidden_dim=16))
+    logger = RecordingLogger()
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=log_every_n_steps,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8, shuffle=False))
+    return [row for row in logger.rows if "train/loss" in row]
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")
+def test_training_metrics_reach_the_loggers_at_their_cadence_unchanged() -> None:
+    # 7 batches, written every 3: the module logs on batches 3 and 6 only, and those rows equal
+    # the rows of a run that logs every batch.
+    every_batch = _training_rows(1)
+    assert len(every_batch) == 7
+    rows = _training_rows(3)
+    assert rows == [every_batch[2], every_batch[5]]
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")

@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import RecordingLogger
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
 
 from lit_gp import ConfigError, GANModule, penalties
 from lit_gp.callbacks import GeneratorStepLimit
@@ -304,28 +304,6 @@ def test_critic_update_uses_the_trainers_grad_scaler() -> None:
     one_critic_step(plain, real)
     assert seen == [{"loss_scale": 512.0}]
     assert_same_critic(scaled, plain)
-
-
-class RecordingLogger(Logger):
-    """Keeps every row Lightning writes to a logger."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[dict[str, float]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.rows.append(dict(metrics))
-
-    def log_hyperparams(self, params, *args, **kwargs) -> None:
-        pass
 
 
 def _training_rows(log_every_n_steps: int, generator_steps: int = 7) -> list[dict[str, float]]:
