@@ -36,7 +36,7 @@ from lit_gp.config import Spec, build, call_factory, is_spec, storable_hyperpara
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.penalties import PenaltyResult, find_batch_norm, gradient_penalty, input_gradient
 from lit_gp.penalties import interpolates as interpolate
-from lit_gp.step_logs import loggers_write_after_this_batch
+from lit_gp.step_logs import log_pending_step_metrics
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.Adam", "lr": 1e-3}
 PENALTY_OF = ("loss", "logits")
@@ -171,7 +171,7 @@ class GradientPenaltyClassifier(L.LightningModule):
         # Training wall time without validation; saved in checkpoints so a resumed run adds up.
         self.train_time_s = 0.0
         # The latest step's training metrics, until a batch the loggers write.
-        self._unlogged: dict[str, Tensor] | None = None
+        self._pending_step_metrics: dict[str, Tensor] | None = None
         self.test_split: str | None = None
         self._clock: float | None = None
         self._time_at_start = 0.0
@@ -262,14 +262,14 @@ class GradientPenaltyClassifier(L.LightningModule):
         }
         if result is not None:
             logs["train/grad_norm_mean"] = result.grad_norm.mean()
-        self._unlogged = logs
+        self._pending_step_metrics = logs
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # The latest step's metrics reach self.log only when the loggers write them.
-        if self._unlogged is not None and loggers_write_after_this_batch(self.trainer):
-            self.log_dict(self._unlogged, on_step=True, on_epoch=False, batch_size=len(batch[0]))
-            self._unlogged = None
+        # self.log is costly: only on the batches the loggers write, and the last (step_logs).
+        self._pending_step_metrics = log_pending_step_metrics(
+            self, self._pending_step_metrics, batch_idx, batch_size=len(batch[0])
+        )
 
     # --- evaluation ----------------------------------------------------------------------------
 

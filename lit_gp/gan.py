@@ -20,7 +20,7 @@ from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.losses import get_loss
 from lit_gp.metrics import ModeCoverage, WassersteinEstimate
 from lit_gp.penalty_weights import WeightController
-from lit_gp.step_logs import loggers_write_after_this_batch
+from lit_gp.step_logs import log_pending_step_metrics
 from lit_gp.wandb_utils import GENERATOR_STEP_KEY
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {
@@ -228,7 +228,7 @@ class GANModule(L.LightningModule):
         self.critic_steps_in_cycle = 0
         self._penalty_logs: dict[str, Tensor] = {}
         # The latest generator step's training metrics, until a batch the loggers write.
-        self._unlogged: dict[str, Tensor] | None = None
+        self._pending_step_metrics: dict[str, Tensor] | None = None
         self._random_state_to_restore: dict[str, Any] | None = None
         # The current update's loss terms (detached), for lit_gp.callbacks.NonFiniteGuard.
         self.loss_terms: dict[str, Tensor] = {}
@@ -404,14 +404,14 @@ class GANModule(L.LightningModule):
         self.generator_step += 1
         self.critic_steps_in_cycle = 0
         logs[GENERATOR_STEP_KEY] = torch.tensor(float(self.generator_step))
-        self._unlogged = logs
+        self._pending_step_metrics = logs
         self.log("generator_step", float(self.generator_step), prog_bar=True, logger=False)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # The latest generator step's metrics reach self.log only when the loggers write them.
-        if self._unlogged is not None and loggers_write_after_this_batch(self.trainer):
-            self.log_dict(self._unlogged, on_step=True, on_epoch=False)
-            self._unlogged = None
+        # self.log is costly: only on the batches the loggers write, and the last (step_logs).
+        self._pending_step_metrics = log_pending_step_metrics(
+            self, self._pending_step_metrics, batch_idx
+        )
 
     # --- validation ----------------------------------------------------------------------------
 

@@ -176,13 +176,14 @@ def _fit_on_fixed_batches(module: L.LightningModule, data: TensorDataset) -> Non
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8, shuffle=False))
 
 
-def _training_rows(log_every_n_steps: int) -> list[dict[str, float]]:
+def _train_and_record(log_every_n_steps: int) -> tuple[list[dict], dict[str, float]]:
+    """The logger's rows with training metrics, and trainer.callback_metrics at the end."""
     torch.manual_seed(0)
     data = TensorDataset(torch.rand(56, 1, 4, 4) * 2 - 1, torch.randint(0, 3, (56,)))
     module = GradientPenaltyClassifier(MLPClassifier((1, 4, 4), 3, hidden_dim=16))
     logger = RecordingLogger()
     trainer = L.Trainer(
-        max_epochs=1,
+        max_epochs=2,
         logger=logger,
         log_every_n_steps=log_every_n_steps,
         enable_checkpointing=False,
@@ -192,17 +193,32 @@ def _training_rows(log_every_n_steps: int) -> list[dict[str, float]]:
         accelerator="cpu",
     )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8, shuffle=False))
-    return [row for row in logger.rows if "train/loss" in row]
+    # train/time_s is wall-clock time, different in every run.
+    final = {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key != "train/time_s"
+    }
+    return [row for row in logger.rows if "train/loss" in row], final
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")
-def test_training_metrics_reach_the_loggers_at_their_cadence_unchanged() -> None:
-    # 7 batches, written every 3: the module logs on batches 3 and 6 only, and those rows equal
-    # the rows of a run that logs every batch.
-    every_batch = _training_rows(1)
-    assert len(every_batch) == 7
-    rows = _training_rows(3)
-    assert rows == [every_batch[2], every_batch[5]]
+@pytest.mark.parametrize("log_every_n_steps", [3, 50, 0])
+def test_training_metrics_reach_the_loggers_at_their_cadence_unchanged(
+    log_every_n_steps: int,
+) -> None:
+    # 2 epochs of 7 batches, written every 3 batches: the module logs on batches 3, 6, 9, 12
+    # and the last (which the loggers do not write); rows and final metrics equal those of a run
+    # that logs every batch.
+    every_batch, every_batch_final = _train_and_record(1)
+    assert len(every_batch) == 14
+    rows, final = _train_and_record(log_every_n_steps)
+    if log_every_n_steps == 3:
+        assert rows == [every_batch[2], every_batch[5], every_batch[8], every_batch[11]]
+    else:
+        assert rows == []
+    assert final == every_batch_final
+    assert "train/loss" in final
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import pytest
@@ -306,9 +307,19 @@ def test_critic_update_uses_the_trainers_grad_scaler() -> None:
     assert_same_critic(scaled, plain)
 
 
-def _training_rows(log_every_n_steps: int, generator_steps: int = 7) -> list[dict[str, float]]:
+class _Run(NamedTuple):
+    rows: list[dict[str, float]]  # the rows the logger received that hold training metrics
+    final: dict[str, float]  # trainer.callback_metrics at the end
+    log_dict_calls: int
+
+
+def _train_and_record(log_every_n_steps: int, **trainer_options) -> _Run:
     torch.manual_seed(0)
     logger = RecordingLogger()
+    module = make_module(n_critic=2)
+    calls = []
+    log_dict = module.log_dict
+    module.log_dict = lambda *args, **kwargs: (calls.append(1), log_dict(*args, **kwargs))
     trainer = L.Trainer(
         max_epochs=-1,
         logger=logger,
@@ -318,10 +329,16 @@ def _training_rows(log_every_n_steps: int, generator_steps: int = 7) -> list[dic
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[GeneratorStepLimit(generator_steps)],
+        **trainer_options,
     )
-    trainer.fit(make_module(n_critic=2), datamodule=data())
-    return [row for row in logger.rows if "train/critic_loss" in row]
+    trainer.fit(module, datamodule=data())
+    final = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    rows = [row for row in logger.rows if "train/critic_loss" in row]
+    return _Run(rows, final, len(calls))
+
+
+def _without_epoch(row: dict[str, float]) -> dict[str, float]:
+    return {key: value for key, value in row.items() if key != "epoch"}
 
 
 @pytest.mark.parametrize(
@@ -329,18 +346,34 @@ def _training_rows(log_every_n_steps: int, generator_steps: int = 7) -> list[dic
     [
         (6, [3, 6, 7]),  # every 3 generator steps, and the last step
         (3, [1, 3, 4, 6, 7]),  # batches 3, 6, 9, 12 (the latest generator step), and the last
+        (50, [7]),  # more batches than the run has: the last step only
     ],
 )
 def test_training_metrics_reach_the_loggers_at_their_cadence_unchanged(
     log_every_n_steps: int, generator_steps_written: list[int]
 ) -> None:
-    # The module hands its metrics to self.log only on the batches the loggers write; the rows
-    # must be the ones a run logging every batch writes for those generator steps.
-    every_batch = {row["train/generator_step"]: row for row in _training_rows(1)}
-    rows = _training_rows(log_every_n_steps)
-    assert [row["train/generator_step"] for row in rows] == generator_steps_written
-    for row in rows:
-        reference = every_batch[row["train/generator_step"]]
-        assert {key: row[key] for key in reference if key != "epoch"} == {
-            key: reference[key] for key in reference if key != "epoch"
-        }
+    # The module hands its metrics to self.log only on the batches the loggers write (one call
+    # per written row, where logging every generator step made 7); the rows, and the final
+    # callback_metrics, must be those of a run that logs every batch.
+    limit = [GeneratorStepLimit(7)]
+    every_batch = _train_and_record(1, callbacks=limit)
+    by_step = {row["train/generator_step"]: row for row in every_batch.rows}
+    run = _train_and_record(log_every_n_steps, callbacks=limit)
+    assert [row["train/generator_step"] for row in run.rows] == generator_steps_written
+    for row in run.rows:
+        assert _without_epoch(row) == _without_epoch(by_step[row["train/generator_step"]])
+    assert run.log_dict_calls == len(generator_steps_written)
+    assert run.final == every_batch.final
+
+
+@pytest.mark.parametrize("log_every_n_steps", [0, 5])
+def test_a_run_bounded_by_max_steps_ends_with_the_last_steps_metrics(
+    log_every_n_steps: int,
+) -> None:
+    # Without GeneratorStepLimit nothing sets should_stop: the module must still log the last
+    # batch, or callback_metrics (metrics.json) would keep an older step's values, or none.
+    # 18 optimizer steps: 6 generator steps of 3 (n_critic 2), in 12 batches.
+    every_batch = _train_and_record(1, max_steps=18)
+    run = _train_and_record(log_every_n_steps, max_steps=18)
+    assert run.final["train/generator_step"] == 6
+    assert run.final == every_batch.final

@@ -3,6 +3,7 @@ the image data sets trained end to end through train.py's code path."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -457,17 +458,25 @@ def test_auto_features_without_labels_use_inception_when_installed(
 
 
 def test_image_folder_trains_from_the_readme_command_without_extras(
-    compose_config, tmp_path: Path
+    compose_config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # The README's image_folder command with nothing but the base install: no labels and no
     # torch-fidelity, so features=auto leaves FID out instead of refusing to start.
+    monkeypatch.setattr(image_metrics, "fid_extra_installed", lambda: False)
     root = tmp_path / "images"
     write_image_folder(root, n=24)
     cfg = compose_config(
         "data=image_folder", f"data.root={root}", "image_shape=[3,8,8]", fast=FAST_IMAGES
     )
-    train(cfg)
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    with caplog.at_level("WARNING", logger=image_metrics.__name__):
+        train(cfg)
+    assert any("no FID/KID for image_folder" in record.getMessage() for record in caplog.records)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "val/wasserstein_estimate" in metrics
+    assert not any(key.startswith(("val/fid", "val/kid")) for key in metrics)
     model = GANModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert model.sample(2).shape == (2, 3, 8, 8)
 

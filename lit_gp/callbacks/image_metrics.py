@@ -122,7 +122,7 @@ class ImageMetrics(pl.Callback):
         datamodule.setup(stage)
         features = self.features
         if features == "auto":
-            features = self._auto_features(datamodule)
+            features = self._choose_auto_features(datamodule)
             if features is None:
                 self.enabled = False
                 return
@@ -161,7 +161,7 @@ class ImageMetrics(pl.Callback):
             self._fid.update(chunk, real=True)
             self._kid.update(chunk, real=True)
 
-    def _auto_features(self, datamodule) -> str | None:
+    def _choose_auto_features(self, datamodule) -> str | None:
         """``classifier`` for labelled data; else ``inception`` if torch-fidelity is installed
         (built here, so missing weights still stop the run before training); else None."""
         if getattr(datamodule, "num_classes", None):
