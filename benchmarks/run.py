@@ -327,8 +327,9 @@ class _GlobalScope:
 
 def critic_step_flops(setup: Setup, penalty: dict | None, steps: int = 16) -> float:
     """Mean FLOPs (matrix products and convolutions, as torch counts them) per critic step over
-    ``steps`` steps, so a lazy penalty counts once per 16. Deterministic: the floor a time ratio
-    can reach when every FLOP costs the same, whatever the machine."""
+    ``steps`` steps, so a lazy penalty counts once per 16. Deterministic, whatever the machine;
+    a ratio of two counts is the time ratio the steps would have if every FLOP cost the same and
+    nothing else took time."""
     module = bare_module(setup, penalty, torch.device("cpu"))
     real = real_data(setup, 1)
     counter = FlopCounterMode(display=False)
