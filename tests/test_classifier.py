@@ -163,17 +163,20 @@ def test_weight_zero_does_no_double_backward(monkeypatch) -> None:
     torch.testing.assert_close(loss, F.cross_entropy(module.net(images), labels))
 
 
-def _fit_on_fixed_batches(module: L.LightningModule, data: TensorDataset) -> None:
+def _fit_on_fixed_batches(
+    module: L.LightningModule, data: TensorDataset, **trainer_options
+) -> L.Trainer:
+    options = {"max_epochs": 1, "logger": False, **trainer_options}
     trainer = L.Trainer(
-        max_epochs=1,
-        logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
         accelerator="cpu",
+        **options,
     )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8, shuffle=False))
+    return trainer
 
 
 def _train_and_record(log_every_n_steps: int) -> tuple[list[dict], dict[str, float]]:
@@ -182,17 +185,9 @@ def _train_and_record(log_every_n_steps: int) -> tuple[list[dict], dict[str, flo
     data = TensorDataset(torch.rand(56, 1, 4, 4) * 2 - 1, torch.randint(0, 3, (56,)))
     module = GradientPenaltyClassifier(MLPClassifier((1, 4, 4), 3, hidden_dim=16))
     logger = RecordingLogger()
-    trainer = L.Trainer(
-        max_epochs=2,
-        logger=logger,
-        log_every_n_steps=log_every_n_steps,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        accelerator="cpu",
+    trainer = _fit_on_fixed_batches(
+        module, data, max_epochs=2, logger=logger, log_every_n_steps=log_every_n_steps
     )
-    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=8, shuffle=False))
     # train/time_s is wall-clock time, different in every run.
     final = {
         key: float(value)
