@@ -1,47 +1,29 @@
-"""Train a GAN with a gradient penalty: compose the Hydra config, instantiate, fit.
+"""Train with a gradient penalty: compose the Hydra config, instantiate, fit.
 
 python train.py model=wgangp
+python train.py model=gp_classifier data=digits
 python train.py -m model=wgangp,dragan model.penalty.weight=1,10
+python train.py debug=fast
+
+A failure ends a run with one line (exit 2 for a bad value, 3 for a non-finite loss); in a
+multirun the failed job is recorded and the others run (lit_gp/jobs.py).
 """
 
 from __future__ import annotations
 
-import logging
-import sys
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from lit_gp.errors import ConfigError, NonFiniteError, TrainingInterrupted
-from lit_gp.training import check_output_dir, train
-
-log = logging.getLogger(__name__)
+from lit_gp.jobs import run_job
+from lit_gp.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    try:
-        return train(cfg)
-    except ConfigError as error:
-        # A user error: one line naming the key, no traceback, non-zero exit.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteError as error:
-        # The weights were not updated with it and no checkpoint was written on the way out.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3)
-    except TrainingInterrupted as stop:
-        print(
-            f"interrupted: {stop}; resume with the same command plus ckpt_path=last",
-            file=sys.stderr,
-        )
-        sys.exit(stop.exit_status)
+def main(cfg: DictConfig) -> Any:
+    return run_job(train, cfg)
 
 
 if __name__ == "__main__":
-    try:
-        check_output_dir(sys.argv[1:])
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     main()

@@ -5,8 +5,10 @@ Public API:
 - :class:`GANModule`: the GAN LightningModule (manual optimization, n_critic critic steps per
   generator step, any penalty from :mod:`lit_gp.penalties` and loss from :mod:`lit_gp.losses`).
 - :mod:`lit_gp.penalties`: ``wgan_gp``, ``wgan_lp``, ``zero_gp``, ``dragan``, ``r1``, ``r2``,
-  ``wgan_div`` and the mechanism ``gradient_penalty`` they share.
-- :mod:`lit_gp.losses`: Wasserstein, non-saturating and hinge adversarial losses.
+  ``wgan_div``, the mechanism ``gradient_penalty`` they share and ``register_penalty``, which
+  makes a new penalty usable as ``model.penalty._target_``.
+- :mod:`lit_gp.losses`: Wasserstein, non-saturating and hinge adversarial losses
+  (``AdversarialLoss`` and ``register_loss`` for new ones).
 - :class:`ConfigError`: raised for a bad user value, naming the option.
 """
 

@@ -4,57 +4,49 @@ penalty ("double backpropagation", Drucker & LeCun 1992; Ross & Doshi-Velez 2018
 The penalty is :func:`lit_gp.penalties.gradient_penalty` of a per-sample score s(x):
 ``weight * E[(||grad_x s(x)|| - target)^2]`` (``weight * E||grad_x s(x)||^2`` at target 0), with
 
-- ``penalty_of="loss"``: s(x) = cross-entropy of the sample with its true label;
-- ``penalty_of="logits"``: s(x) = sum of the logits (needs no label);
+- ``penalty_of="loss"``: s(x) = cross-entropy of the sample with its true label (its gradient is
+  minus the gradient of the true class's log-probability);
+- ``penalty_of="jacobian"``: s(x) = v . z(x), the logits z projected on a random direction
+  v ~ N(0, I) drawn per sample and step, so that E_v ||grad_x s||^2 = ||dz/dx||_F^2: an unbiased
+  one-projection estimate of the input Jacobian's squared Frobenius norm (Hoffman et al. 2019,
+  "Robust Learning with Jacobian Regularization"); needs no label, target 0 only;
 
 at ``penalty_points="data"`` (the batch) or ``"interpolates"`` (eps x + (1 - eps) x[perm], one
-eps per sample; logits only, since a point between two samples has no label).
+eps per sample; jacobian only, since a point between two samples has no label).
 
-:func:`classifier_run_config` and :func:`final_test` are what ``lit_gp.training.train`` needs
-to run the classifier from the GAN-oriented config tree (``conf/config.yaml``).
+(The gradient of the *sum* of the logits, offered before as ``penalty_of="logits"``, constrains
+nothing: softmax ignores a shift of all logits, so a net can drive that gradient to zero, e.g.
+last-layer rows summing to zero, without changing a single prediction.)
+
+``python train.py model=gp_classifier data=digits`` runs it: the model config selects
+``task=classifier`` (``conf/task/classifier.yaml``: trainer by epochs, callbacks, no GAN nets,
+a final test that writes ``results_file``).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_class
-from lightning.pytorch.utilities.model_helpers import is_overridden
-from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from lit_gp.config import Spec, build, call_factory, is_spec, storable_hyperparameters
-from lit_gp.errors import ConfigError, check_int, first_line
-from lit_gp.penalties import PenaltyResult, find_batch_norm, gradient_penalty, input_gradient
+from lit_gp.config import Spec, build
+from lit_gp.errors import ConfigError, check_int, check_number, first_line
+from lit_gp.module import LitGPModule, refuse_batch_norm
+from lit_gp.penalties import PenaltyResult, gradient_penalty, input_gradient
 from lit_gp.penalties import interpolates as interpolate
-from lit_gp.step_logs import log_pending_step_metrics
 
 DEFAULT_OPTIMIZER: dict[str, Any] = {"_target_": "torch.optim.Adam", "lr": 1e-3}
-PENALTY_OF = ("loss", "logits")
+PENALTY_OF = ("loss", "jacobian")
 PENALTY_POINTS = ("data", "interpolates")
 # Seed of the evaluation noise (val/accuracy_noise): the same noise at every evaluation, so the
 # metric moves only with the model, and the training random streams are never touched.
 EVAL_SEED = 0
-
-
-def _check_number(key: str, value: object, *, minimum: float = 0.0) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < minimum
-    ):
-        raise ConfigError(key, f"must be a finite number >= {minimum:g}, got {value!r}")
-    return float(value)
 
 
 def _check_choice(key: str, value: object, choices: Sequence[str]) -> str:
@@ -68,7 +60,7 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(dim=1) == labels).float().mean()
 
 
-class GradientPenaltyClassifier(L.LightningModule):
+class GradientPenaltyClassifier(LitGPModule):
     """Supervised classification with cross-entropy plus an input-gradient penalty.
 
     ``net``, ``optimizer`` and ``scheduler`` are objects or Hydra-style specs (mappings with
@@ -83,8 +75,9 @@ class GradientPenaltyClassifier(L.LightningModule):
             ``num_classes``. None: taken from the net's output, unchecked.
         penalty_weight: weight of the penalty; 0 turns it off (no double backward at all).
         penalty_target: the norm the gradients are pulled to (0: plain squared norm).
-        penalty_of: ``"loss"`` (per-sample cross-entropy) or ``"logits"`` (sum of the logits).
-        penalty_points: ``"data"`` or ``"interpolates"`` (only with ``penalty_of="logits"``).
+        penalty_of: ``"loss"`` (per-sample cross-entropy) or ``"jacobian"`` (random projection
+            of the logits: the input Jacobian's squared Frobenius norm in expectation; target 0).
+        penalty_points: ``"data"`` or ``"interpolates"`` (only with ``penalty_of="jacobian"``).
         optimizer: ``params -> Optimizer`` (default Adam, lr 1e-3); weight decay comes through it
             (e.g. ``torch.optim.AdamW`` with ``weight_decay``).
         scheduler: ``optimizer -> LRScheduler`` stepped once per epoch, or None.
@@ -131,20 +124,33 @@ class GradientPenaltyClassifier(L.LightningModule):
             fgsm_epsilon=fgsm_epsilon,
             results_file=results_file,
         )
-        self.save_hyperparameters(storable_hyperparameters(arguments))
+        self.store_hyperparameters(arguments)
 
-        self.penalty_weight = _check_number("penalty_weight", penalty_weight)
-        self.penalty_target = _check_number("penalty_target", penalty_target)
+        self.penalty_weight = check_number("penalty_weight", penalty_weight, 0)
+        self.penalty_target = check_number("penalty_target", penalty_target, 0)
+        if penalty_of == "logits":
+            raise ConfigError(
+                "penalty_of",
+                "logits is no longer offered: softmax ignores a shift of all logits, so the "
+                "gradient of their sum can vanish without changing any prediction; use jacobian "
+                "(the input Jacobian's Frobenius norm) or loss",
+            )
         self.penalty_of = _check_choice("penalty_of", penalty_of, PENALTY_OF)
         self.penalty_points = _check_choice("penalty_points", penalty_points, PENALTY_POINTS)
         if self.penalty_points == "interpolates" and self.penalty_of == "loss":
             raise ConfigError(
                 "penalty_points",
-                "interpolates needs penalty_of=logits: a point between two samples has no "
+                "interpolates needs penalty_of=jacobian: a point between two samples has no "
                 "label, so it has no cross-entropy",
             )
-        self.noise_std = _check_number("noise_std", noise_std)
-        self.fgsm_epsilon = _check_number("fgsm_epsilon", fgsm_epsilon)
+        if self.penalty_of == "jacobian" and self.penalty_target != 0:
+            raise ConfigError(
+                "penalty_target",
+                "must be 0 with penalty_of=jacobian (one random projection estimates the "
+                f"squared Frobenius norm, not the norm), got {penalty_target!r}",
+            )
+        self.noise_std = check_number("noise_std", noise_std, 0)
+        self.fgsm_epsilon = check_number("fgsm_epsilon", fgsm_epsilon, 0)
         if num_classes is not None:
             check_int("num_classes", num_classes, 2)
         self.num_classes = num_classes
@@ -155,23 +161,16 @@ class GradientPenaltyClassifier(L.LightningModule):
         self.net = build(net, "net")
         if not isinstance(self.net, nn.Module):
             raise ConfigError("net", f"must be a torch.nn.Module, got {type(self.net).__name__}")
-        layer = find_batch_norm(self.net)
-        if layer is not None and self.penalty_weight > 0:
-            raise ConfigError(
-                "net",
-                f"has a BatchNorm layer ({layer}), which couples samples and breaks the "
-                "per-sample input-gradient penalty; use no normalization or LayerNorm",
-            )
+        if self.penalty_weight > 0:
+            refuse_batch_norm(self.net, "net", "the per-sample input-gradient penalty")
 
-        self._optimizer_factory = build(optimizer or DEFAULT_OPTIMIZER, "optimizer", partial=True)
-        self._scheduler_factory = build(scheduler, "scheduler", partial=True)
+        self._optimizer_factory = self.optimizer_factory(optimizer, "optimizer", DEFAULT_OPTIMIZER)
+        self._scheduler_factory = self.optimizer_factory(scheduler, "scheduler")
         # Build them once now, so a bad learning rate stops before training starts.
         self.configure_optimizers()
 
         # Training wall time without validation; saved in checkpoints so a resumed run adds up.
         self.train_time_s = 0.0
-        # The latest step's training metrics, until a batch the loggers write.
-        self._pending_step_metrics: dict[str, Tensor] | None = None
         self.test_split: str | None = None
         self._clock: float | None = None
         self._time_at_start = 0.0
@@ -182,24 +181,19 @@ class GradientPenaltyClassifier(L.LightningModule):
     # --- setup ---------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer = call_factory(self._optimizer_factory, "optimizer", self.net.parameters())
+        optimizer = self.call(self._optimizer_factory, "optimizer", self.net.parameters())
         if self._scheduler_factory is None:
             return optimizer
-        scheduler = call_factory(self._scheduler_factory, "scheduler", optimizer)
+        scheduler = self.call(self._scheduler_factory, "scheduler", optimizer)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def check_data_shape(self, data_shape: Sequence[int]) -> None:
+    def probe_data_shape(self, data_shape: Sequence[int]) -> None:
         """Refuse a net that does not give ``num_classes`` logits per image of ``data_shape``."""
-        was_training = self.net.training
-        self.net.eval()
         try:
-            with torch.no_grad():
-                logits = self.net(torch.zeros(2, *data_shape, device=self.device))
+            logits = self.net(torch.zeros(2, *data_shape, device=self.device))
         except RuntimeError as error:
             message = f"cannot classify data of shape {tuple(data_shape)}: {first_line(error)}"
             raise ConfigError("net", message) from None
-        finally:
-            self.net.train(was_training)
         if logits.dim() != 2 or logits.shape[0] != 2:
             raise ConfigError("net", f"must give logits of shape (B, classes), gave {logits.shape}")
         if self.num_classes is not None and logits.shape[1] != self.num_classes:
@@ -241,7 +235,10 @@ class GradientPenaltyClassifier(L.LightningModule):
             seen["logits"] = logits
             if self.penalty_of == "loss":
                 return F.cross_entropy(logits, labels, reduction="none")
-            return logits.sum(dim=1)
+            # One direction per sample, a fresh one every step: E_v ||grad (v . z)||^2 is the
+            # squared Frobenius norm of dz/dx.
+            direction = torch.randn(logits.shape, device=logits.device, dtype=logits.dtype)
+            return (logits * direction.detach()).sum(dim=1)
 
         result = gradient_penalty(
             score, points, weight=self.penalty_weight, target=self.penalty_target
@@ -262,14 +259,11 @@ class GradientPenaltyClassifier(L.LightningModule):
         }
         if result is not None:
             logs["train/grad_norm_mean"] = result.grad_norm.mean()
-        self._pending_step_metrics = logs
+        self.pending_step_metrics = logs
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # self.log is costly: only on the batches the loggers write, and the last (step_logs).
-        self._pending_step_metrics = log_pending_step_metrics(
-            self, self._pending_step_metrics, batch_idx, batch_size=len(batch[0])
-        )
+    def step_log_options(self, batch: Any) -> dict[str, Any]:
+        return {"batch_size": len(batch[0])}
 
     # --- evaluation ----------------------------------------------------------------------------
 
@@ -385,126 +379,8 @@ class GradientPenaltyClassifier(L.LightningModule):
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The "lit_gp" entry also marks the file as a lit_gp checkpoint for train.py's resume check.
-        checkpoint["lit_gp"] = {"train_time_s": self.train_time_s}
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"train_time_s": self.train_time_s}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.train_time_s = float(checkpoint.get("lit_gp", {}).get("train_time_s", 0.0))
-
-
-# --- running it from conf/config.yaml ---------------------------------------------------------
-
-# A classifier run's trainer settings where the composed trainer config has GAN values (cadence
-# in generator steps, no epoch bound): train by epochs, validate and checkpoint every epoch.
-CLASSIFIER_TRAINER: dict[str, Any] = {
-    "max_epochs": 30,
-    "check_val_every_n_epoch": 1,
-    "val_check_interval": 1.0,
-    "log_every_n_steps": 10,
-}
-# torch threads when the config leaves them unset: the classifier's matrices are small (64 x 256)
-# and one thread was faster here (penalized MLP step on digits 2.6 ms with 1 thread, 11 ms with 2
-# while another 2-thread job shared the 2 cores; the 30-epoch run took 10 s against 3.5 min).
-CLASSIFIER_THREADS = 1
-# Keys the data configs' nets group (conf/nets/) puts into model.
-_GAN_NET_KEYS = ("generator", "critic")
-# Interpolations of GAN quantities that a classifier config does not have.
-_GAN_QUANTITIES = ("n_critic", "generator_steps")
-
-
-def is_classifier_config(model_cfg: Any) -> bool:
-    """True when ``model_cfg`` (a spec) builds a :class:`GradientPenaltyClassifier`."""
-    if not is_spec(model_cfg):
-        return False
-    try:
-        target = get_class(str(model_cfg.get("_target_", "")))
-    except Exception:
-        return False
-    return isinstance(target, type) and issubclass(target, GradientPenaltyClassifier)
-
-
-def _gan_derived(node: DictConfig, key: str) -> bool:
-    """True for an unset value or an interpolation of GAN quantities (``${model.n_critic}``)."""
-    raw = OmegaConf.to_container(node, resolve=False).get(key)
-    return raw is None or (
-        isinstance(raw, str) and "${" in raw and any(name in raw for name in _GAN_QUANTITIES)
-    )
-
-
-def _needs_generator(spec: Any) -> bool:
-    from lit_gp.callbacks import ImageMetrics
-    from lit_gp.callbacks.periodic import EveryGeneratorSteps
-
-    try:
-        target = get_class(str(spec.get("_target_", "")))
-    except Exception:
-        return False
-    return isinstance(target, type) and issubclass(target, (EveryGeneratorSteps, ImageMetrics))
-
-
-def classifier_run_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` unchanged unless its model is a :class:`GradientPenaltyClassifier`; then a copy
-    with the GAN-oriented parts of ``conf/config.yaml`` replaced (Hydra cannot do it: a model
-    config is composed before the data, trainer and callbacks groups, so it cannot override
-    them):
-
-    - ``model.generator`` / ``model.critic`` (put there by the data config's nets group) removed;
-    - trainer keys that are unset or computed from GAN quantities (``${model.n_critic}``,
-      generator steps) get :data:`CLASSIFIER_TRAINER`'s value, and ``max_epochs: -1``
-      (unbounded: a GAN run stops by generator steps) becomes 30. Values set on the command line
-      or by an experiment are kept (``trainer.max_epochs=5``);
-    - ``num_threads: null`` becomes :data:`CLASSIFIER_THREADS` (1);
-    - callbacks that draw from a generator (toy plots, sample grids, FID/KID) are dropped; a
-      checkpoint callback that saved every N generator steps keeps ``last.ckpt`` only.
-
-    Raises a ConfigError on ``data`` for data without ``image_shape`` (the toy sets).
-    """
-    if not is_classifier_config(cfg.get("model")):
-        return cfg
-    if OmegaConf.select(cfg, "image_shape") is None:
-        raise ConfigError(
-            "data",
-            "the classifier needs labelled image data (data=digits, mnist, fashion_mnist, "
-            "cifar10); this data config sets no image_shape",
-        )
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg):
-        for key in _GAN_NET_KEYS:
-            cfg.model.pop(key, None)
-        trainer = cfg.get("trainer")
-        if trainer is not None:
-            for key, value in CLASSIFIER_TRAINER.items():
-                if key not in trainer or _gan_derived(trainer, key):
-                    trainer[key] = value
-            if trainer.get("max_epochs") == -1:
-                trainer.max_epochs = CLASSIFIER_TRAINER["max_epochs"]
-        if cfg.get("num_threads") is None:
-            cfg.num_threads = CLASSIFIER_THREADS
-        callbacks = cfg.get("callbacks")
-        if callbacks:
-            for name in list(callbacks):
-                spec = callbacks[name]
-                if spec is None:
-                    continue
-                if _needs_generator(spec):
-                    del callbacks[name]
-                elif "every_n_train_steps" in spec and _gan_derived(spec, "every_n_train_steps"):
-                    spec.every_n_train_steps = None
-                    spec.save_top_k = 0
-    return cfg
-
-
-def final_test(
-    trainer: L.Trainer, model: GradientPenaltyClassifier, datamodule: L.LightningDataModule
-) -> dict[str, float]:
-    """Test the fitted ``model`` (``test/*`` metrics, ``results_file``) on the data module's test
-    split, or on its validation split when it has none (the image data modules have train and
-    val only); return the test metrics."""
-    if is_overridden("test_dataloader", datamodule):
-        model.test_split = "test"
-        trainer.test(model, datamodule=datamodule, verbose=False)
-    else:
-        model.test_split = "val"
-        trainer.test(model, dataloaders=datamodule.val_dataloader(), verbose=False)
-    return {name: float(value) for name, value in trainer.callback_metrics.items()}
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        self.train_time_s = float(state.get("train_time_s", 0.0))

@@ -1,5 +1,6 @@
 """The exception types that end a run with one line instead of a traceback."""
 
+import math
 import signal
 
 
@@ -32,6 +33,33 @@ def check_int(key: str, value: object, minimum: int = 1, maximum: int | None = N
         raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
     if maximum is not None and value > maximum:
         raise ConfigError(key, f"must be an integer <= {maximum}, got {value!r}")
+
+
+def check_number(
+    key: str,
+    value: object,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    strict: bool = False,
+    strict_maximum: bool = False,
+) -> float:
+    """A finite real number in [minimum, maximum] (bounds left out are open; ``strict`` and
+    ``strict_maximum`` exclude the bound), returned as a float; bools, strings, NaN and infinity
+    are refused with a :class:`ConfigError` on ``key``. The one number check of the package:
+    options of penalties, weight controllers, modules, nets and data all use it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
+    low = minimum is not None and (value < minimum or (strict and value == minimum))
+    high = maximum is not None and (value > maximum or (strict_maximum and value == maximum))
+    if low or high:
+        parts = []
+        if minimum is not None:
+            parts.append(f"{'>' if strict else '>='} {minimum:g}")
+        if maximum is not None:
+            parts.append(f"{'<' if strict_maximum else '<='} {maximum:g}")
+        raise ConfigError(key, f"must be a finite number {' and '.join(parts)}, got {value!r}")
+    return float(value)
 
 
 class TrainingInterrupted(Exception):

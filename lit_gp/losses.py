@@ -1,7 +1,11 @@
 """Adversarial losses as pure functions of critic scores (logits).
 
 Each loss has a critic side ``critic(real_scores, fake_scores)`` and a generator side
-``generator(fake_scores)``; any of them can be combined with any gradient penalty.
+``generator(fake_scores)`` (or ``generator(fake_scores, real_scores)`` for a loss that compares
+generated with real samples, ``generator_needs_real``); any of them can be combined with any
+gradient penalty. A new loss is one :class:`AdversarialLoss` passed to :func:`register_loss`
+(then ``model.loss=<name>``), or any module-level AdversarialLoss named by its dotted path
+(``model.loss=my_package.losses.MY_LOSS``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
+from hydra.utils import get_object
 from torch import Tensor
 
 from lit_gp.errors import ConfigError
@@ -47,24 +52,68 @@ def hinge_generator(fake_scores: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class AdversarialLoss:
-    """A named pair of critic-side and generator-side losses."""
+    """A named pair of critic-side and generator-side losses.
+
+    Attributes:
+        name: what ``model.loss`` calls it.
+        critic: ``critic(real_scores, fake_scores)``, the critic's loss.
+        generator: ``generator(fake_scores)``, or ``generator(fake_scores, real_scores)`` when
+            ``generator_needs_real``: the generator step then scores a real batch too.
+        generator_needs_real: whether the generator side compares with real scores.
+        gap_name: what E[D(real)] - E[D(fake)] is for this loss, the name it is logged under
+            (``train/<gap_name>``, ``val/<gap_name>``): an estimate of the Wasserstein distance
+            for the Wasserstein loss, only a gap between the critic's scores for the others.
+    """
 
     name: str
     critic: Callable[[Tensor, Tensor], Tensor]
-    generator: Callable[[Tensor], Tensor]
+    generator: Callable[..., Tensor]
+    generator_needs_real: bool = False
+    gap_name: str = "critic_gap"
+
+    def generator_loss(self, fake_scores: Tensor, real_scores: Tensor | None = None) -> Tensor:
+        """The generator's loss (``real_scores`` only read when ``generator_needs_real``)."""
+        if self.generator_needs_real:
+            return self.generator(fake_scores, real_scores)
+        return self.generator(fake_scores)
 
 
-LOSSES: dict[str, AdversarialLoss] = {
-    "wasserstein": AdversarialLoss("wasserstein", wasserstein_critic, wasserstein_generator),
-    "non_saturating": AdversarialLoss(
-        "non_saturating", non_saturating_critic, non_saturating_generator
-    ),
-    "hinge": AdversarialLoss("hinge", hinge_critic, hinge_generator),
-}
+LOSSES: dict[str, AdversarialLoss] = {}
 
 
-def get_loss(name: str) -> AdversarialLoss:
-    """The adversarial loss called ``name``; ConfigError naming the choices otherwise."""
-    if name not in LOSSES:
-        raise ConfigError("loss", f"must be one of {', '.join(LOSSES)}, got {name!r}")
-    return LOSSES[name]
+def register_loss(loss: AdversarialLoss) -> AdversarialLoss:
+    """Make ``loss`` available as ``model.loss=<loss.name>``; returns it."""
+    LOSSES[loss.name] = loss
+    return loss
+
+
+WASSERSTEIN = register_loss(
+    AdversarialLoss(
+        "wasserstein", wasserstein_critic, wasserstein_generator, gap_name="wasserstein_estimate"
+    )
+)
+NON_SATURATING = register_loss(
+    AdversarialLoss("non_saturating", non_saturating_critic, non_saturating_generator)
+)
+HINGE = register_loss(AdversarialLoss("hinge", hinge_critic, hinge_generator))
+
+
+def get_loss(name: str | AdversarialLoss) -> AdversarialLoss:
+    """The adversarial loss called ``name`` (registered, or a dotted path to an
+    AdversarialLoss); ConfigError naming the choices otherwise."""
+    if isinstance(name, AdversarialLoss):
+        return name
+    if isinstance(name, str) and name in LOSSES:
+        return LOSSES[name]
+    if isinstance(name, str) and "." in name:
+        try:
+            loss = get_object(name)
+        except Exception:
+            loss = None
+        if isinstance(loss, AdversarialLoss):
+            return loss
+    raise ConfigError(
+        "loss",
+        f"must be one of {', '.join(LOSSES)} or the dotted path of an AdversarialLoss, "
+        f"got {name!r}",
+    )

@@ -6,6 +6,9 @@ term added to the critic loss, and :meth:`WeightController.update` then moves th
 state with the gradient norms just measured. ``weight`` is the number to watch (logged as
 ``train/penalty_weight``). The state is a few floats, saved in checkpoints.
 
+Both adaptive controllers hold the gradient norm at the penalty's norm target, so they refuse
+the zero-centred penalties (R1, R2, zero-GP, WGAN-div), whose target 0 no weight can hold.
+
 The penalty itself is computed with its configured weight (``weight``, ``gamma`` or ``k``), its
 *initial* weight here; every penalty is linear in it, so a controller can rescale it.
 """
@@ -13,37 +16,45 @@ The penalty itself is computed with its configured weight (``weight``, ``gamma``
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from lit_gp.errors import ConfigError
+from lit_gp.errors import ConfigError, check_number
 from lit_gp.penalties import PenaltyResult
 
 
-def _check_number(key: str, value: Any, minimum: float = 0.0, strict: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
-        or (strict and value == minimum)
-    ):
-        relation = ">" if strict else ">="
-        raise ConfigError(key, f"must be a finite number {relation} {minimum}, got {value!r}")
-    return float(value)
-
-
 class WeightController:
-    """Base class: a fixed weight (the configured one), never updated."""
+    """Base class: a fixed weight (the configured one), never updated.
+
+    A controller that moves the weight reads one number per critic step from the penalty,
+    :meth:`signal` (a mean over the batch), and moves its state with :meth:`apply`. The two are
+    apart so that a data-parallel run can average the signal over its ranks first, and every
+    rank then moves the same state to the same weight (:meth:`update` does both in one process).
+    """
+
+    # Whether the controller needs a penalty with a non-zero norm target (it holds the norm there).
+    needs_norm_target = False
 
     def __init__(self) -> None:
         self.initial_weight = 1.0
+        self.norm_target = 1.0
 
-    def bind(self, initial_weight: float) -> None:
-        """Called once by the GANModule with the penalty's configured weight."""
+    def bind(self, initial_weight: float, norm_target: float = 1.0, penalty: str = "") -> None:
+        """Called once by the penalty term with the penalty's configured weight, the gradient
+        norm the penalty pulls towards and its name (for messages)."""
+        if self.needs_norm_target and norm_target == 0:
+            name = type(self).__name__
+            raise ConfigError(
+                "weight_controller",
+                f"{name} holds ||grad D|| at the penalty's norm target, but {penalty or 'this'} "
+                "is zero-centred (it pulls the norm to 0, a target no weight can hold: the "
+                "weight would only grow); use a fixed weight (weight_controller=fixed) or a "
+                "penalty with a target (wgan_gp, wgan_lp, dragan)",
+            )
         self.initial_weight = float(initial_weight)
+        self.norm_target = float(norm_target)
 
     @property
     def weight(self) -> float:
@@ -53,8 +64,25 @@ class WeightController:
         """The term added to the critic loss for a penalty computed at the initial weight."""
         return result.loss
 
-    def update(self, result: PenaltyResult) -> None:
-        """Move the state after a critic step that computed the penalty."""
+    def signal(self, result: PenaltyResult) -> Tensor | None:
+        """The batch's measurement the controller moves on (a 0-dim tensor), or None when it
+        does not move."""
+        return None
+
+    def apply(self, signal: float) -> None:
+        """Move the state with a measurement (averaged over data-parallel ranks)."""
+
+    def update(
+        self, result: PenaltyResult, reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
+        """Move the state after a critic step that computed the penalty; ``reduce`` averages
+        the signal over data-parallel ranks (None: one process)."""
+        signal = self.signal(result)
+        if signal is None:
+            return
+        if reduce is not None:
+            signal = reduce(signal)
+        self.apply(float(signal))
 
     def state_dict(self) -> dict[str, float]:
         return {}
@@ -67,7 +95,8 @@ class ProportionalIntegral(WeightController):
     """A PI controller on the logarithm of the weight that keeps the gradient norm at its target.
 
     The measured error is the mean deviation of the per-sample gradient norms from ``target``
-    beyond a ``tolerance``, smoothed over steps with an exponential average (``smoothing``)::
+    (null: the penalty's own norm target, e.g. wgan_gp's ``target``) beyond a ``tolerance``,
+    smoothed over steps with an exponential average (``smoothing``)::
 
         d_t = smoothing * d_{t-1} + (1 - smoothing) * mean_i |‖∇D(x̂_i)‖ − target|
         e_t = d_t − tolerance
@@ -82,9 +111,11 @@ class ProportionalIntegral(WeightController):
     adaptive gradient-penalty schemes.
     """
 
+    needs_norm_target = True
+
     def __init__(
         self,
-        target: float = 1.0,
+        target: float | None = None,
         tolerance: float = 0.1,
         kp: float = 1.0,
         ki: float = 0.01,
@@ -93,15 +124,15 @@ class ProportionalIntegral(WeightController):
         max_weight: float = 1e4,
     ) -> None:
         super().__init__()
-        self.target = _check_number("target", target)
-        self.tolerance = _check_number("tolerance", tolerance)
-        self.kp = _check_number("kp", kp)
-        self.ki = _check_number("ki", ki)
-        self.smoothing = _check_number("smoothing", smoothing)
+        self.target = None if target is None else check_number("target", target, 0)
+        self.tolerance = check_number("tolerance", tolerance, 0)
+        self.kp = check_number("kp", kp, 0)
+        self.ki = check_number("ki", ki, 0)
+        self.smoothing = check_number("smoothing", smoothing, 0)
         if self.smoothing >= 1:
             raise ConfigError("smoothing", f"must be < 1, got {smoothing!r}")
-        self.min_weight = _check_number("min_weight", min_weight, strict=True)
-        self.max_weight = _check_number("max_weight", max_weight, strict=True)
+        self.min_weight = check_number("min_weight", min_weight, 0, strict=True)
+        self.max_weight = check_number("max_weight", max_weight, 0, strict=True)
         if self.max_weight < self.min_weight:
             raise ConfigError(
                 "max_weight", f"must be >= min_weight ({min_weight}), got {max_weight}"
@@ -120,8 +151,16 @@ class ProportionalIntegral(WeightController):
     def loss(self, result: PenaltyResult) -> Tensor:
         return result.loss * (self.weight / self.initial_weight if self.initial_weight else 0.0)
 
-    def update(self, result: PenaltyResult) -> None:
-        measured = float((result.grad_norm.float() - self.target).abs().mean())
+    @property
+    def held_norm(self) -> float:
+        """The gradient norm held: ``target``, or the penalty's norm target when it is null."""
+        return self.norm_target if self.target is None else self.target
+
+    def signal(self, result: PenaltyResult) -> Tensor:
+        return (result.grad_norm.float() - self.held_norm).abs().mean()
+
+    def apply(self, signal: float) -> None:
+        measured = signal
         if not math.isfinite(measured):
             return  # a non-finite norm is the non-finite guard's business, not a control signal
         if self.deviation is None:
@@ -168,18 +207,20 @@ class AugmentedLagrangian(WeightController):
     ``wgan_gp``: interpolates between real and fake).
     """
 
+    needs_norm_target = True
+
     def __init__(
         self,
-        target: float = 1.0,
+        target: float | None = None,
         multiplier_lr: float | None = None,
         initial_multiplier: float = 0.0,
     ) -> None:
         super().__init__()
-        self.target = _check_number("target", target)
+        self.target = None if target is None else check_number("target", target, 0)
         self.multiplier_lr = (
-            None if multiplier_lr is None else _check_number("multiplier_lr", multiplier_lr)
+            None if multiplier_lr is None else check_number("multiplier_lr", multiplier_lr, 0)
         )
-        self.multiplier = _check_number("initial_multiplier", initial_multiplier, -math.inf)
+        self.multiplier = check_number("initial_multiplier", initial_multiplier)
 
     @property
     def weight(self) -> float:
@@ -190,19 +231,22 @@ class AugmentedLagrangian(WeightController):
             raise ConfigError(
                 "weight_controller", "needs a penalty that returns its squared gradient norms"
             )
-        return result.squared_norm.mean() - self.target**2
+        target = self.norm_target if self.target is None else self.target
+        return result.squared_norm.mean() - target**2
 
     def loss(self, result: PenaltyResult) -> Tensor:
         constraint = self._constraint(result)
         return self.multiplier * constraint + 0.5 * self.initial_weight * constraint.pow(2)
 
-    def update(self, result: PenaltyResult) -> None:
+    def signal(self, result: PenaltyResult) -> Tensor:
         with torch.no_grad():
-            constraint = float(self._constraint(result))
-        if not math.isfinite(constraint):
+            return self._constraint(result)
+
+    def apply(self, signal: float) -> None:
+        if not math.isfinite(signal):
             return
         step = self.initial_weight if self.multiplier_lr is None else self.multiplier_lr
-        self.multiplier += step * constraint
+        self.multiplier += step * signal
 
     def state_dict(self) -> dict[str, float]:
         return {"multiplier": self.multiplier}

@@ -1,16 +1,24 @@
-"""W&B helpers: pick a mode without prompting, close runs, plot against generator steps."""
+"""Loggers and W&B helpers: the logger factory, a W&B mode chosen without prompting, runs
+finished (and marked failed) at the end of every job, metrics plotted against generator steps."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_class
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig
 
-from lit_gp.errors import first_line
+from lit_gp.config import build
+from lit_gp.errors import TrainingInterrupted, first_line
 
 GENERATOR_STEP_KEY = "train/generator_step"
 
@@ -149,8 +157,10 @@ def _is_number(value: Any) -> bool:
     return hasattr(value, "numel") and value.numel() == 1
 
 
-def finish_wandb(exit_code: int | None = None) -> None:
-    """Finish the active W&B run, if any (a dead W&B service only prints a line).
+def finish_wandb(exit_code: int | None = None, error_line: str | None = None) -> None:
+    """Finish the active W&B run, if any (a dead W&B service only prints a line); with an
+    ``error_line``, the run's summary keeps it under ``error`` (a non-zero ``exit_code`` marks the
+    run failed).
 
     ``WandbLogger`` reuses an open run and never finishes it, so without this consecutive jobs of
     a Hydra multirun in one process would all log into the first job's run.
@@ -158,6 +168,8 @@ def finish_wandb(exit_code: int | None = None) -> None:
     if wandb.run is None:
         return
     try:
+        if error_line is not None:
+            wandb.run.summary["error"] = error_line
         wandb.finish(exit_code=exit_code)
     except Exception as error:
         print(f"W&B: could not finish the run ({first_line(error)}); its local files are kept")
@@ -196,8 +208,10 @@ def define_generator_step_axis(logger: Any) -> None:
 
     Lightning's ``global_step`` counts every optimizer step (critic and generator), so with
     ``n_critic`` critic updates it runs ``n_critic + 1`` times faster than training progresses.
-    ``trainer/global_step`` is still logged on every row. No-op for loggers other than
-    ``WandbLogger``.
+    ``trainer/global_step`` is still logged on every row, in one unit on metric and image rows
+    alike: Lightning's count of training batches (``n_critic`` per generator step), not
+    ``trainer.global_step`` (see ``lit_gp.callbacks.periodic.lightning_log_step``). No-op for
+    loggers other than ``WandbLogger``.
     """
     if not isinstance(logger, WandbLogger):
         return
@@ -209,3 +223,94 @@ def define_generator_step_axis(logger: Any) -> None:
     for pattern in ("train/*", "val/*", "*"):
         # step_sync fills in the last generator step on rows that lack it (e.g. an image row).
         run.define_metric(pattern, step_metric=GENERATOR_STEP_KEY, step_sync=True)
+
+
+# --- the logger factory ------------------------------------------------------------------------
+
+
+def _wandb_run_names() -> dict[str, str]:
+    """Group a sweep's runs on W&B and name each run by its overrides."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        return {}
+    sweep = str(hydra_config.sweep.dir).strip("/").replace("/", "_")
+    names = {"group": sweep}
+    if hydra_config.job.override_dirname:
+        names["name"] = hydra_config.job.override_dirname
+    return names
+
+
+def is_wandb_spec(spec: DictConfig) -> bool:
+    """True when a logger spec builds a ``WandbLogger`` (or a subclass)."""
+    try:
+        return issubclass(get_class(spec.get("_target_", "")), WandbLogger)
+    except Exception:
+        return False
+
+
+def saved_wandb_run_id(checkpoint: dict[str, Any] | None) -> str | None:
+    """The W&B run id a checkpoint was written under (see RememberWandbRun), or None."""
+    if checkpoint is None:
+        return None
+    run_id = checkpoint.get("wandb_run_id")
+    return str(run_id) if run_id else None
+
+
+def make_logger(spec: DictConfig | None, resume_run_id: str | None = None) -> Any:
+    """The logger ``spec`` (``cfg.logger``) describes, or False for none (``logger=none``).
+
+    W&B never prompts: without a login (or when the server does not answer) it logs offline and
+    one line says how to sync. In a multirun the runs are grouped by the sweep directory and named
+    by their overrides. Online, ``resume_run_id`` (from the checkpoint a run resumes) continues
+    that W&B run.
+    """
+    if not spec:
+        return False
+    if not is_wandb_spec(spec):
+        return build(spec, "logger")
+    overrides: dict[str, Any] = {
+        key: value for key, value in _wandb_run_names().items() if spec.get(key) is None
+    }
+    save_dir = spec.get("save_dir") or "."
+    # WandbLogger(offline=True) sets WANDB_MODE=dryrun for the whole process, and wandb 0.31
+    # then still asks for a login; wandb.init(mode="offline") does not.
+    mode = "offline" if spec.get("offline") else choose_wandb_mode(save_dir)
+    overrides["offline"] = False
+    if mode in ("offline", "disabled"):
+        overrides["mode"] = mode
+    if mode == "online" and resume_run_id and spec.get("id") is None:
+        overrides.update(id=resume_run_id, resume="allow")
+    logger = build(spec, "logger", **overrides)
+    if mode == "online":
+        try:
+            logger.experiment  # noqa: B018 (starts the run now, so a dead network shows here)
+        except Exception as error:
+            print(f"W&B: no online run ({first_line(error)}), {offline_hint(save_dir)}")
+            overrides.pop("resume", None)
+            overrides.pop("id", None)
+            logger = build(spec, "logger", **overrides, mode="offline")
+    return logger
+
+
+def logger_callbacks(logger: Any) -> list[L.Callback]:
+    """Callbacks a logger needs: a W&B run id remembered in every checkpoint."""
+    return [RememberWandbRun(logger)] if isinstance(logger, WandbLogger) else []
+
+
+@contextmanager
+def wandb_run_closed(describe: Callable[[BaseException], tuple[str, int]]) -> Iterator[None]:
+    """Finish the W&B run the block started, whatever happens in it (a multirun's next job would
+    otherwise log into it): with exit code 0, or when the block raises, with the status and one
+    line that ``describe(error)`` gives (kept in the run's summary under ``error``; the run shows
+    as failed, or as preempted after SIGTERM)."""
+    try:
+        yield
+    except BaseException as error:
+        line, status = describe(error)
+        if isinstance(error, TrainingInterrupted) and error.signal_name == "SIGTERM":
+            mark_wandb_preempting()
+        finish_wandb(status, line)
+        raise
+    finish_wandb(0)

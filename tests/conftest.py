@@ -19,37 +19,27 @@ from omegaconf import DictConfig, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
-# Small and fast: a few generator steps on narrow nets, no logger unless a test asks for one.
+# No logger, no progress bar (for tests that set their own run length).
 QUIET = ["logger=none", "+trainer.enable_progress_bar=false"]
+# debug=fast (conf/debug/fast.yaml: 3 generator steps, validation and plots at step 2 and at the
+# end, small evaluation sample counts, no logger) with narrow nets and small toy data sets.
 FAST = [
-    "generator_steps=3",
-    "val_every_generator_steps=2",
+    "debug=fast",
     "model.generator.hidden_dim=32",
     "model.critic.hidden_dim=32",
     "data.num_train=1024",
     "data.num_val=256",
     "data.batch_size=64",
-    "model.num_eval_samples=256",
-    "callbacks.toy_plot.num_samples=64",
-    "callbacks.toy_plot.grid_size=16",
-    *QUIET,
 ]
 # The same for image data (DCGAN or ResNet nets): validation, FID/KID and grids at step 2 and at
 # the end (step 3).
 FAST_IMAGES = [
-    "generator_steps=3",
-    "val_every_generator_steps=2",
+    "debug=fast",
     "model.n_critic=2",
     "model.generator.dim=8",
     "model.critic.dim=8",
     "model.generator.latent_dim=16",
     "data.batch_size=16",
-    "callbacks.image_metrics.num_samples=64",
-    "callbacks.image_metrics.kid_subset_size=16",
-    "callbacks.image_metrics.kid_subsets=5",
-    "callbacks.image_metrics.classifier_epochs=1",
-    "callbacks.sample_grid.num_samples=16",
-    *QUIET,
 ]
 
 

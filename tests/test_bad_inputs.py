@@ -68,7 +68,7 @@ def _inputs(root: Path) -> dict[str, Path]:
 def _cases(paths: dict[str, Path]) -> list[Case]:
     return [
         # Unknown group options: Hydra lists the allowed ones.
-        Case("unknown model", ("model=wgan_gp",), "Could not find 'model/wgan_gp'", 1, True),
+        Case("unknown model", ("model=wgan_gpp",), "Could not find 'model/wgan_gpp'", 1, True),
         Case("unknown data", ("data=imagenet",), "Could not find 'data/imagenet'", 1, True),
         # Types and ranges of numeric keys.
         Case("negative weight", ("model.penalty.weight=-1",), "model.penalty.weight"),

@@ -23,7 +23,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 STRATEGY = "ddp_find_unused_parameters_true"  # conf/trainer/ddp.yaml
-PARITY_CASES = ("wgan_gp", "r1", "r1_lazy")
+PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi")
 TOLERANCE = 1e-6
 
 WORKER = r'''
@@ -54,11 +54,16 @@ CASES = {
     "wgan_gp": (WGAN_GP, "wasserstein", "parity", False),
     "r1": (R1, "non_saturating", "parity", False),
     "r1_lazy": ({**R1, "every": 2}, "non_saturating", "parity", False),
+    # An adaptive weight: its signal (the gradient norms) is averaged over the ranks.
+    "wgan_gp_pi": (WGAN_GP, "wasserstein", "parity", False),
     # Wrong on purpose: every rank takes the same rows of the noise and eps draws.
     "wgan_gp_same_draws": (WGAN_GP, "wasserstein", "same_rows", False),
     # GANModule's own noise, without and with lit_gp.distributed.seed_per_rank.
     "module_noise": (WGAN_GP, "wasserstein", "module", False),
     "module_noise_seed_per_rank": (WGAN_GP, "wasserstein", "module", True),
+}
+CONTROLLERS = {
+    "wgan_gp_pi": {"_target_": "lit_gp.penalty_weights.ProportionalIntegral", "ki": 0.5},
 }
 LAYOUT = ["parity"]
 DRAWS = [0]
@@ -136,6 +141,7 @@ def fit(out, devices, strategy_name, case):
         critic_optimizer=adam,
         generator_optimizer=adam,
         seed_ranks=seed_ranks,
+        weight_controller=CONTROLLERS.get(case),
     )
     initial = {
         net: {key: value.clone() for key, value in getattr(model, net).state_dict().items()}
@@ -167,6 +173,7 @@ def fit(out, devices, strategy_name, case):
         "seen": torch.stack(model.seen),
         "first_noise": model.first_noise,
         "generator_step": model.generator_step,
+        "penalty_weight": model.weight_controller.weight,
     }
     torch.save(state, f"{out}/{case}.rank{trainer.global_rank}.pt")
 
@@ -274,6 +281,14 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(runs: Runs, case: st
     assert single["generator_step"] == rank0["generator_step"] == rank1["generator_step"] == 3
     assert max_difference(rank0, rank1) == 0  # DDP keeps the ranks identical
     assert max_difference(rank0, single) < TOLERANCE
+    # An adaptive weight moves the same on every rank, as in the single process.
+    assert rank0["penalty_weight"] == rank1["penalty_weight"]
+    # Relative: the weight is exp(kp e + ki I), which magnifies float rounding in e.
+    assert abs(rank0["penalty_weight"] - single["penalty_weight"]) < TOLERANCE * abs(
+        single["penalty_weight"]
+    )
+    if case == "wgan_gp_pi":
+        assert abs(single["penalty_weight"] - 10.0) > 1000 * TOLERANCE  # it did move
     # Not trivially equal: training moved the parameters far more than the tolerance.
     assert max_difference(single, single["initial"]) > 1000 * TOLERANCE
 

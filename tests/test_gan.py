@@ -102,10 +102,14 @@ def test_resume_continues_counters_optimizers_and_phase(tmp_path: Path) -> None:
     state = torch.load(mid_cycle, weights_only=True)["lit_gp"]
     assert set(state.pop("random_state")) == {"torch", "numpy", "python"}
     assert state == {
+        "module": "lit_gp.gan.GANModule",
         "generator_step": 1,
         "critic_step": 5,
         "critic_steps_in_cycle": 2,
-        "weight_controller": {},  # a fixed weight has no state
+        # A fixed weight has no state.
+        "penalty_terms": {
+            "wgan_gp": {"controller": "lit_gp.penalty_weights.WeightController", "state": {}}
+        },
     }
 
     resumed = make_module(n_critic=3)
@@ -264,13 +268,14 @@ def test_lazy_penalty_runs_on_every_kth_critic_step(tmp_path: Path) -> None:
         n_critic=1, penalty={"_target_": "lit_gp.penalties.r1", "gamma": 1.0, "every": 4}
     )
     calls = []
-    penalty = module.penalty
+    (term,) = module.penalty_terms
+    penalty = term.function
 
     def recording_penalty(critic, real, fake):
         calls.append(module.critic_step)
         return penalty(critic, real, fake)
 
-    module.penalty = recording_penalty
+    term.function = recording_penalty
     make_trainer(tmp_path, generator_steps=10).fit(module, datamodule=data())
     assert calls == [0, 4, 8]
     assert module.critic_step == 10
@@ -293,13 +298,14 @@ def test_critic_update_uses_the_trainers_grad_scaler() -> None:
     scaled._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
     plain._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
     seen = []
-    penalty = scaled.penalty
+    (term,) = scaled.penalty_terms
+    penalty = term.function
 
     def recording_penalty(critic, real, fake, **options):
         seen.append(options)
         return penalty(critic, real, fake, **options)
 
-    scaled.penalty = recording_penalty
+    term.function = recording_penalty
     real = torch.randn(64, 2)
     one_critic_step(scaled, real)
     one_critic_step(plain, real)
@@ -377,3 +383,126 @@ def test_a_run_bounded_by_max_steps_ends_with_the_last_steps_metrics(
     run = _train_and_record(log_every_n_steps, max_steps=18)
     assert run.final["train/generator_step"] == 6
     assert run.final == every_batch.final
+
+
+def test_critic_update_passes_the_scale_an_underflowing_critic_needs() -> None:
+    # Would fail if the module ignored the GradScaler: this critic's input gradient (1e-8) is 0
+    # in float16 without scaling (tests/test_penalties.py, UnderflowingCritic).
+    from types import SimpleNamespace
+
+    from test_penalties import UnderflowingCritic
+
+    module = GANModule(
+        generator=NETS["generator"],
+        critic=UnderflowingCritic(),
+        penalty={"_target_": "lit_gp.penalties.r1", "gamma": 2.0},
+        loss="non_saturating",
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+    optimizer = torch.optim.SGD(module.critic.parameters(), lr=0.0)
+    module.optimizers = lambda: [optimizer, None]
+    module.toggle_optimizer = module.untoggle_optimizer = lambda optimizer: None
+    module.manual_backward = lambda loss: loss.backward()
+    logs = module.critic_update(torch.randn(16, 2))
+    a = float(torch.tensor(1e-4).half().float())
+    assert float(logs["train/grad_norm_mean"]) == pytest.approx(2**0.5 * a * a, rel=2e-2)
+
+
+def test_a_penalty_without_loss_scale_is_refused_under_16_mixed_before_training() -> None:
+    from types import SimpleNamespace
+
+    def my_penalty(critic, real, fake):  # a user's penalty with no loss_scale keyword
+        return penalties.r1(critic, real, fake, gamma=1.0)
+
+    module = GANModule(**NETS, penalty=my_penalty)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    module._trainer = SimpleNamespace(
+        precision_plugin=SimpleNamespace(scaler=scaler),
+        precision="16-mixed",
+        strategy=None,
+        datamodule=None,
+    )
+    with pytest.raises(ConfigError, match="no loss_scale keyword") as error:
+        module.setup("fit")
+    assert error.value.key == "penalty"
+    # Without a scaler it runs, and nothing passes it a keyword it does not take.
+    plain = GANModule(**NETS, penalty=my_penalty, n_critic=1)
+    one_critic_step(plain, torch.randn(16, 2))
+
+
+def _parameters(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [parameter.detach().clone() for parameter in net.parameters()]
+
+
+def _unchanged(before: list[torch.Tensor], net: torch.nn.Module) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_each_update_moves_only_its_own_net(tmp_path: Path) -> None:
+    # Adam with a large rate: any gradient that leaked into the other net would move it.
+    adam = {"_target_": "torch.optim.Adam", "lr": 0.1}
+    module = make_module(n_critic=1, critic_optimizer=adam, generator_optimizer=adam)
+    trainer = make_trainer(tmp_path, generator_steps=1)
+    trainer.fit(module, datamodule=data())  # builds the optimizers and their state
+    real = torch.randn(32, 2)
+    generator, critic = _parameters(module.generator), _parameters(module.critic)
+    module.critic_update(real)
+    assert _unchanged(generator, module.generator)
+    assert not _unchanged(critic, module.critic)
+    generator, critic = _parameters(module.generator), _parameters(module.critic)
+    module.generator_update(real)
+    assert _unchanged(critic, module.critic)
+    assert not _unchanged(generator, module.generator)
+
+
+def test_the_data_shape_check_leaves_batch_norm_statistics_and_noise_alone() -> None:
+    module = GANModule(
+        generator={
+            "_target_": "lit_gp.nets.DCGANGenerator",
+            "image_shape": [1, 8, 8],
+            "latent_dim": 8,
+            "dim": 4,
+        },
+        critic={"_target_": "lit_gp.nets.DCGANCritic", "image_shape": [1, 8, 8], "dim": 4},
+        penalty={"_target_": "lit_gp.penalties.r1"},
+    )
+    buffers = {name: value.clone() for name, value in module.generator.named_buffers()}
+    assert any("running_mean" in name for name in buffers)
+    torch.manual_seed(5)
+    module.check_data_shape((1, 8, 8))
+    after_check = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(3), after_check)  # no draws from the training stream
+    for name, value in module.generator.named_buffers():
+        assert torch.equal(value, buffers[name]), name
+    assert module.generator.training and module.critic.training
+
+
+@pytest.mark.parametrize(
+    ("loss", "gap_key"),
+    [("wasserstein", "wasserstein_estimate"), ("non_saturating", "critic_gap")],
+)
+def test_the_score_gap_is_called_a_wasserstein_estimate_for_the_wasserstein_loss_only(
+    loss: str, gap_key: str, tmp_path: Path
+) -> None:
+    module = make_module(n_critic=1, loss=loss)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        val_check_interval=2,
+        log_every_n_steps=1,
+        callbacks=[GeneratorStepLimit(2)],
+    )
+    trainer.fit(module, datamodule=data())
+    metrics = set(trainer.callback_metrics)
+    assert {f"train/{gap_key}", f"val/{gap_key}"} <= metrics
+    other = {"wasserstein_estimate", "critic_gap"} - {gap_key}
+    assert not {f"train/{key}" for key in other} & metrics
+    assert not {f"val/{key}" for key in other} & metrics

@@ -214,10 +214,12 @@ def test_ema_is_the_exponential_average_of_the_generator_steps(tmp_path: Path) -
     recorder = _RecordGenerator()
     _fit(module, 4, tmp_path, recorder)
     assert len(recorder.snapshots) == 4
-    # By hand: the first average is the first step's weights, then e <- d e + (1 - d) p.
+    # By hand: the first average is the first step's weights, then e <- d e + (1 - d) p with
+    # the warm-up decay d = min(decay, (1 + n) / (10 + n)) after n steps (lit_gp.ema).
     expected = recorder.snapshots[0]
-    for snapshot in recorder.snapshots[1:]:
-        expected = [decay * e + (1 - decay) * p for e, p in zip(expected, snapshot, strict=True)]
+    for n, snapshot in enumerate(recorder.snapshots[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        expected = [d * e + (1 - d) * p for e, p in zip(expected, snapshot, strict=True)]
     averaged = list(module.generator_ema.module.parameters())
     for got, want in zip(averaged, expected, strict=True):
         torch.testing.assert_close(got, want)

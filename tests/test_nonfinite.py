@@ -13,23 +13,36 @@ from conftest import run_train
 from lit_gp import GANModule
 from lit_gp.callbacks import NonFiniteGuard
 from lit_gp.errors import ConfigError, NonFiniteError
+from lit_gp.objective import GANObjective
 from lit_gp.training import train
 
 EVERY_2 = ["generator_steps=8", "val_every_generator_steps=2", "model.n_critic=2"]
 
 
-def inject_nan_scores(monkeypatch, at_generator_steps: set[int]) -> None:
-    """Critic scores turn NaN in the critic updates of the given generator steps, as when a
-    critic blows up."""
-    score = GANModule.score
+def inject_nan_scores(monkeypatch, at_generator_steps: set[int], n_critic: int = 2) -> None:
+    """Critic scores turn NaN in the critic updates of the given generator steps (with
+    ``n_critic`` critic updates each), as when a critic blows up."""
+    critic_loss = GANObjective.critic_loss
 
-    def nan_score(self, real, fake):
-        real_scores, fake_scores = score(self, real, fake)
-        if self.generator_step in at_generator_steps:
-            return real_scores * math.nan, fake_scores
-        return real_scores, fake_scores
+    def nan_critic_loss(self, critic, real, fake, critic_step, loss_scale=None):
+        def nan_critic(x):
+            return critic(x) * math.nan
 
-    monkeypatch.setattr(GANModule, "score", nan_score)
+        if critic_step // n_critic in at_generator_steps:
+            # The adversarial loss sees NaN scores; the penalty its own (finite) critic.
+            original = GANObjective.score
+            monkeypatch.setattr(
+                GANObjective,
+                "score",
+                lambda self, _critic, real, fake: original(self, nan_critic, real, fake),
+            )
+            try:
+                return critic_loss(self, critic, real, fake, critic_step, loss_scale)
+            finally:
+                monkeypatch.setattr(GANObjective, "score", original)
+        return critic_loss(self, critic, real, fake, critic_step, loss_scale)
+
+    monkeypatch.setattr(GANObjective, "critic_loss", nan_critic_loss)
 
 
 def all_finite(state: dict) -> bool:

@@ -589,3 +589,44 @@ def test_loss_scale_of_lightnings_start_does_not_overflow_fp16():
     result = r1(fp16_critic, real, fake, gamma=2.0, loss_scale=2.0**16)
     assert torch.isfinite(result.loss)
     torch.testing.assert_close(result.loss, (w.half().float() ** 2).sum(), rtol=1e-3, atol=1e-3)
+
+
+# --- precision of the norm and loss scaling ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["r1", "r2", "wgan_gp", "wgan_div"])
+def test_bf16_autocast_takes_the_norm_in_the_datas_precision(name):
+    # Under bf16-mixed the generator's output is bf16 and the data fp32: the points are cast to
+    # the data's dtype, so the input gradient and its norm are float32 for every preset (R2 on
+    # the generated samples once took its norm in bf16).
+    critic = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+    real, fake = torch.randn(32, 2), torch.randn(32, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = METHODS[name](critic, real, fake.bfloat16())
+    assert result.grad_norm.dtype == torch.float32
+
+
+class UnderflowingCritic(nn.Module):
+    """D(x) = sum(a * b * x) computed in float16 with a = b = 1e-4 (both normal fp16 numbers):
+    dD/dx = a * b = 1e-8 per element, below fp16's smallest subnormal (6e-8), so an unscaled
+    backward through it gives exactly 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(1e-4))
+        self.b = nn.Parameter(torch.tensor(1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.half() * self.a.half()) * self.b.half()).sum(1).float()
+
+
+def test_loss_scale_keeps_an_underflowing_input_gradient():
+    critic = UnderflowingCritic()
+    real, fake = torch.randn(8, 2), torch.randn(8, 2)
+    unscaled = r1(critic, real, fake, gamma=2.0)
+    assert (unscaled.grad_norm == 0).all()  # the defect loss scaling exists for
+    scaled = r1(critic, real, fake, gamma=2.0, loss_scale=2.0**16)
+    # ||grad D|| = sqrt(2) * a * b with a, b as fp16 stores them.
+    a = torch.tensor(1e-4).half().float()
+    expected = math.sqrt(2) * float(a * a)
+    torch.testing.assert_close(scaled.grad_norm, torch.full((8,), expected), rtol=2e-2, atol=0)

@@ -288,3 +288,62 @@ def test_adaptive_weight_table_from_hand_written_runs(tmp_path: Path) -> None:
     assert "| gaussians8 | fixed | 0.1 | 1 | 8.0 | 50.0 | 0.100 | 0.1 |" in text
     assert "gaussians8, fixed: 40.0 points" in text
     assert "gaussians8, pi: 5.0 points" in text
+
+
+# --- which penalties a controller can hold ------------------------------------------------------
+
+
+@pytest.mark.parametrize("controller", ["ProportionalIntegral", "AugmentedLagrangian"])
+@pytest.mark.parametrize("penalty", ["r1", "r2", "zero_gp", "wgan_div"])
+def test_controllers_refuse_zero_centred_penalties(controller: str, penalty: str) -> None:
+    # Their norm target is 0: pi's error |norm - target| and the Lagrangian's constraint
+    # ||g||^2 - target^2 are then never negative, so the weight could only grow.
+    with pytest.raises(ConfigError, match="zero-centred") as error:
+        GANModule(
+            _Generator(),
+            _Critic(),
+            penalty={"_target_": f"lit_gp.penalties.{penalty}"},
+            weight_controller={"_target_": f"lit_gp.penalty_weights.{controller}"},
+        )
+    assert error.value.key == "weight_controller"
+
+
+def test_r1_with_pi_is_refused_before_training(compose_config) -> None:
+    from lit_gp.training import train
+
+    with pytest.raises(ConfigError, match="zero-centred") as error:
+        train(compose_config("model=r1", "weight_controller=pi"))
+    assert error.value.key == "model.weight_controller"
+
+
+def test_pi_holds_the_penalty_s_own_target() -> None:
+    # wgan_gp with target 2 and a linear critic of slope norm 2: no deviation, the weight falls.
+    module = GANModule(
+        _Generator(),
+        _Critic(),
+        penalty={"_target_": "lit_gp.penalties.wgan_gp", "weight": 10.0, "target": 2.0},
+        weight_controller={"_target_": "lit_gp.penalty_weights.ProportionalIntegral"},
+    )
+    controller = module.weight_controller
+    assert controller.held_norm == 2.0
+    for _ in range(20):
+        controller.update(_result(2.0))
+    assert controller.weight < 10.0
+    controller = _pi(target=1.0)  # an explicit target wins
+    assert controller.held_norm == 1.0
+
+
+def test_the_signal_is_reduced_before_the_controller_moves() -> None:
+    # Two ranks measuring deviations 2 and 0 must both move as if they had measured 1.
+    seen = []
+
+    def mean_over_ranks(value: Tensor) -> Tensor:
+        seen.append(float(value))
+        return torch.tensor(1.0)
+
+    controller = _pi(kp=0.5, ki=0.1, tolerance=0.1)
+    controller.update(_result(3.0), reduce=mean_over_ranks)
+    assert seen == [pytest.approx(2.0)]
+    reference = _pi(kp=0.5, ki=0.1, tolerance=0.1)
+    reference.update(_result(2.0))  # deviation 1
+    assert controller.weight == pytest.approx(reference.weight)

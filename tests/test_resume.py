@@ -321,7 +321,7 @@ def _fake_run(root: Path, name: str, overrides: list[str], mtime: float) -> Path
 
 def test_last_is_the_newest_run_with_the_same_overrides(tmp_path: Path) -> None:
     from lit_gp.errors import ConfigError
-    from lit_gp.training import latest_checkpoint
+    from lit_gp.resume import latest_checkpoint
 
     outputs = tmp_path / "outputs"
     older = _fake_run(outputs, "day/09-00-00", ["model=r1", "seed=1"], 1_000)
@@ -339,15 +339,16 @@ def test_last_is_the_newest_run_with_the_same_overrides(tmp_path: Path) -> None:
 def test_checkpoints_remember_the_wandb_run_and_resume_it_online(
     compose_config, tmp_path: Path, monkeypatch
 ) -> None:
-    from lit_gp import training
+    from lit_gp import wandb_utils
+    from lit_gp.training import train
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    training.train(compose_config("logger=wandb"))
+    train(compose_config("logger=wandb"))
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     run_id = run_dir.name.rsplit("-", 1)[1]
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert training.saved_wandb_run_id(torch.load(last, weights_only=True)) == run_id
+    assert wandb_utils.saved_wandb_run_id(torch.load(last, weights_only=True)) == run_id
 
     # Online, the logger is built to continue that run.
     built = {}
@@ -359,9 +360,9 @@ def test_checkpoints_remember_the_wandb_run_and_resume_it_online(
         built.update(kwargs)
         return Logger()
 
-    monkeypatch.setattr(training, "choose_wandb_mode", lambda save_dir: "online")
-    monkeypatch.setattr(training, "build", fake_build)
-    training.make_logger(compose_config("logger=wandb"), resume_run_id=run_id)
+    monkeypatch.setattr(wandb_utils, "choose_wandb_mode", lambda save_dir: "online")
+    monkeypatch.setattr(wandb_utils, "build", fake_build)
+    wandb_utils.make_logger(compose_config("logger=wandb").logger, resume_run_id=run_id)
     assert built["id"] == run_id and built["resume"] == "allow"
 
 
@@ -370,13 +371,126 @@ def test_auto_resumes_when_a_run_exists_and_starts_afresh_otherwise(
 ) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from lit_gp.training import resolve_checkpoint
+    from lit_gp.resume import resolve_checkpoint
 
     monkeypatch.chdir(tmp_path)
-    compose_config("ckpt_path=auto", output_dir=tmp_path / "outputs" / "day" / "10-00-00")
-    assert resolve_checkpoint("auto") is None
+    cfg = compose_config("ckpt_path=auto", output_dir=tmp_path / "outputs" / "day" / "10-00-00")
+    # The run roots come from the config (paths.run_roots), under the directory train.py ran in.
+    roots = list(cfg.paths.run_roots)
+    assert roots == [str(tmp_path / "outputs"), str(tmp_path / "multirun")]
+    assert resolve_checkpoint("auto", roots) is None
     overrides = list(HydraConfig.get().overrides.task)
     assert "ckpt_path=auto" in overrides
     earlier = _fake_run(tmp_path / "outputs", "day/09-00-00", overrides, 1_000)
-    assert resolve_checkpoint("auto") == str(earlier)
-    assert resolve_checkpoint("last") == str(earlier)
+    assert resolve_checkpoint("auto", roots) == str(earlier)
+    assert resolve_checkpoint("last", roots) == str(earlier)
+    # Runs elsewhere are found when the roots say so.
+    elsewhere = _fake_run(tmp_path / "archive", "day/11-00-00", overrides, 2_000)
+    assert resolve_checkpoint("last", roots) == str(earlier)
+    assert resolve_checkpoint("last", [*roots, tmp_path / "archive"]) == str(elsewhere)
+
+
+# --- what a checkpoint can resume ---------------------------------------------------------------
+
+CLASSIFIER = ["model=gp_classifier", "data=digits", "trainer.max_epochs=1"]
+GAN_MODULE = "lit_gp.gan.GANModule"
+CLASSIFIER_MODULE = "lit_gp.classifier.GradientPenaltyClassifier"
+
+
+def _without_module_entry(path: Path, to: Path) -> Path:
+    """The checkpoint as written before lit_gp checkpoints named their module."""
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["lit_gp"].pop("module", None)
+    torch.save(checkpoint, to)
+    return to
+
+
+def test_a_checkpoint_of_the_other_module_is_refused_naming_its_writer(
+    compose_config, tmp_path: Path
+) -> None:
+    from conftest import QUIET
+
+    from lit_gp.errors import ConfigError
+    from lit_gp.training import train
+
+    train(compose_config("generator_steps=1", output_dir=tmp_path / "gan"))
+    train(compose_config(*CLASSIFIER, output_dir=tmp_path / "classifier", fast=QUIET))
+    gan = tmp_path / "gan" / "checkpoints" / "last.ckpt"
+    classifier = tmp_path / "classifier" / "checkpoints" / "last.ckpt"
+    legacy_gan = _without_module_entry(gan, tmp_path / "legacy_gan.ckpt")
+    legacy_classifier = _without_module_entry(classifier, tmp_path / "legacy_classifier.ckpt")
+    for path, writer in ((classifier, CLASSIFIER_MODULE), (legacy_classifier, CLASSIFIER_MODULE)):
+        with pytest.raises(ConfigError) as error:
+            train(compose_config("generator_steps=1", f"ckpt_path={path}"))
+        assert error.value.key == "ckpt_path"
+        assert f"written by a {writer}, this run trains a {GAN_MODULE}" in error.value.message
+    for path in (gan, legacy_gan):
+        with pytest.raises(ConfigError) as error:
+            train(compose_config(*CLASSIFIER, f"ckpt_path={path}", fast=QUIET))
+        assert error.value.key == "ckpt_path"
+        message = f"written by a {GAN_MODULE}, this run trains a {CLASSIFIER_MODULE}"
+        assert message in error.value.message
+    # Each resumes its own kind (the classifier to a second epoch).
+    train(
+        compose_config(
+            *CLASSIFIER[:2],
+            "trainer.max_epochs=2",
+            f"ckpt_path={classifier}",
+            output_dir=tmp_path / "classifier2",
+            fast=QUIET,
+        )
+    )
+    resumed = torch.load(tmp_path / "classifier2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2  # epochs done: one before the resume, one after
+
+
+CONTROLLER_CLASSES = {
+    "fixed": "none",
+    "pi": "lit_gp.penalty_weights.ProportionalIntegral",
+    "lagrangian": "lit_gp.penalty_weights.AugmentedLagrangian",
+}
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [("pi", "lagrangian"), ("fixed", "pi"), ("lagrangian", "fixed")]
+)
+def test_switching_the_weight_controller_on_resume_is_refused(
+    first: str, second: str, compose_config, tmp_path: Path
+) -> None:
+    from lit_gp.errors import ConfigError
+    from lit_gp.training import train
+
+    train(compose_config("generator_steps=1", f"weight_controller={first}", output_dir=tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as error:
+        train(
+            compose_config(
+                "generator_steps=1",
+                f"weight_controller={second}",
+                f"ckpt_path={last}",
+                output_dir=tmp_path / "resumed",
+            )
+        )
+    assert error.value.key == "ckpt_path"
+    assert "other model.weight_controller._target_" in error.value.message
+    assert f"({CONTROLLER_CLASSES[first]} there, {CONTROLLER_CLASSES[second]} here)" in (
+        error.value.message
+    )
+    assert not (tmp_path / "resumed" / "checkpoints").exists()
+
+
+def test_the_same_weight_controller_with_other_gains_resumes(compose_config, tmp_path: Path):
+    from lit_gp.training import train
+
+    train(compose_config("generator_steps=2", "weight_controller=pi", output_dir=tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    train(
+        compose_config(
+            "generator_steps=2",
+            "weight_controller=pi",
+            "model.weight_controller.kp=0.5",
+            f"ckpt_path={last}",
+            output_dir=tmp_path / "b",
+        )
+    )
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -201,9 +203,14 @@ def test_unknown_dataset_message():
 
 @pytest.mark.parametrize("dataset", ["gaussians8", "gaussians25", "swissroll"])
 def test_hydra_config_instantiates(dataset):
-    # The data configs are global packages: the data module's arguments sit under `data`.
-    data_config = OmegaConf.load(CONF / f"{dataset}.yaml").data
-    cfg = OmegaConf.create({"seed": 7, "data": data_config})
+    # The data configs are global packages (their shared keys in conf/base/toy_data.yaml): the
+    # data module's arguments sit under `data`.
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        composed = compose("config", overrides=[f"data={dataset}", "seed=7"])
+    GlobalHydra.instance().clear()
+    data_config = composed.data
+    cfg = OmegaConf.create({"seed": 7, "data": OmegaConf.to_container(data_config)})
     dm = instantiate(cfg.data)
     assert isinstance(dm, ToyDataModule)
     assert dm.dataset == dataset and dm.seed == 7 and dm.batch_size == 256

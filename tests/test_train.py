@@ -3,34 +3,42 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+import yaml
+from conftest import FAST, FAST_IMAGES, run_train
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import setup_globals
+from omegaconf import OmegaConf, open_dict
 from wandb_records import find_offline_runs, read_run
 
 from lit_gp import ConfigError, GANModule
+from lit_gp.data.toy import toy_modes
 from lit_gp.training import train
 
-MODELS = ["wgangp", "wganlp", "zerogp", "dragan", "r1", "r2", "wgandiv"]
-PENALTIES = {
-    "wgangp": "wgan_gp",
-    "wganlp": "wgan_lp",
-    "zerogp": "zero_gp",
-    "dragan": "dragan",
-    "r1": "r1",
-    "r2": "r2",
-    "wgandiv": "wgan_div",
-}
+# Every GAN model config is named like its penalty function (lit_gp.penalties.<name>).
+MODELS = ["wgan_gp", "wgan_lp", "zero_gp", "dragan", "r1", "r2", "wgan_div"]
+# The earlier config names, kept as aliases.
+ALIASES = {"wgangp": "wgan_gp", "wganlp": "wgan_lp", "zerogp": "zero_gp", "wgandiv": "wgan_div"}
+
+
+@pytest.mark.parametrize(("alias", "model"), sorted(ALIASES.items()))
+@pytest.mark.parametrize("data", ["gaussians8", "digits"])
+def test_old_model_names_compose_the_same_config(alias, model, data, compose_config) -> None:
+    fast = FAST if data == "gaussians8" else FAST_IMAGES
+    assert compose_config(f"model={alias}", f"data={data}", fast=fast) == compose_config(
+        f"model={model}", f"data={data}", fast=fast
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_config_trains(model: str, compose_config, tmp_path: Path) -> None:
     cfg = compose_config(f"model={model}")
-    assert cfg.model.penalty._target_ == f"lit_gp.penalties.{PENALTIES[model]}"
+    assert cfg.model.penalty._target_ == f"lit_gp.penalties.{model}"
     train(cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
@@ -40,19 +48,39 @@ def test_every_model_config_trains(model: str, compose_config, tmp_path: Path) -
     assert list((tmp_path / "samples").glob("step_*.png"))
 
 
-@pytest.mark.parametrize(
-    ("data", "has_modes"), [("gaussians8", True), ("gaussians25", True), ("swissroll", False)]
-)
-def test_data_configs_train_and_report_metrics(data: str, has_modes: bool, compose_config):
+@pytest.mark.parametrize("data", ["gaussians8", "gaussians25", "swissroll"])
+def test_data_configs_train_and_report_metrics(data: str, compose_config):
     cfg = compose_config(f"data={data}", "optimized_metric=val/wasserstein_estimate")
-    value = train(cfg)
-    assert math.isfinite(value)
-    cfg = compose_config(f"data={data}", "optimized_metric=val/modes_covered")
-    if has_modes:
-        assert 0 <= train(cfg) <= (8 if data == "gaussians8" else 25)
-    else:
+    assert math.isfinite(train(cfg))
+    if data == "swissroll":  # no modes
+        cfg = compose_config(f"data={data}", "optimized_metric=val/modes_covered")
         with pytest.raises(ConfigError, match="was not logged"):
             train(cfg)
+
+
+# A generator whose samples are known: some of the data set's modes exactly, and one point far
+# from every mode, in turn. The final validation scores its 256 samples (debug=fast).
+MODE_CASES = {
+    # 3 modes and a far point: each mode holds 64 of 256 samples (>= 1%), 3/4 are high quality.
+    "gaussians8": ([0, 3, 5], 3, 0.75),
+    # 7 modes and a far point: 32 samples each, 7/8 high quality.
+    "gaussians25": ([0, 4, 6, 12, 18, 20, 24], 7, 0.875),
+}
+
+
+@pytest.mark.parametrize("data", MODE_CASES)
+@pytest.mark.parametrize(
+    "metric", ["val/modes_covered", "val/high_quality_fraction"], ids=["modes", "quality"]
+)
+def test_toy_metrics_of_known_samples(data: str, metric: str, compose_config) -> None:
+    modes, covered, quality = MODE_CASES[data]
+    points = toy_modes(data)[modes].tolist() + [[5.0, 5.0]]
+    cfg = compose_config(f"data={data}", f"optimized_metric={metric}")
+    with open_dict(cfg):
+        cfg.model.generator = {"_target_": "fixed_points.FixedPoints", "points": points}
+    assert cfg.model.num_eval_samples == 256
+    expected = covered if metric == "val/modes_covered" else quality
+    assert train(cfg) == expected
 
 
 def test_validation_and_checkpoints_at_generator_steps(compose_config, tmp_path: Path):
@@ -168,8 +196,8 @@ def test_not_a_checkpoint_is_refused(compose_config, tmp_path: Path) -> None:
 # --- through the real train.py ---------------------------------------------------------------
 
 CLI_FAST = [
+    "debug=fast",
     "generator_steps=2",
-    "val_every_generator_steps=2",
     "model.generator.hidden_dim=16",
     "model.critic.hidden_dim=16",
     "data.num_train=512",
@@ -178,7 +206,6 @@ CLI_FAST = [
     "model.num_eval_samples=128",
     "callbacks.toy_plot.grid_size=8",
     "callbacks.toy_plot.num_samples=32",
-    "+trainer.enable_progress_bar=false",
 ]
 
 
@@ -220,7 +247,7 @@ def test_cli_wandb_offline_without_login_logs_everything(tmp_path: Path) -> None
     home = tmp_path / "home"
     home.mkdir()
     env = {"HOME": str(home), "WANDB_MODE": None, "WANDB_API_KEY": None, "WANDB_SILENT": "true"}
-    result = run_train(*CLI_FAST, "hydra.run.dir=run", cwd=tmp_path, env=env)
+    result = run_train(*CLI_FAST, "logger=wandb", "hydra.run.dir=run", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     sync_lines = [line for line in result.stdout.splitlines() if "wandb sync" in line]
     assert len(sync_lines) == 1 and sync_lines[0].startswith("W&B: no login found")
@@ -255,6 +282,7 @@ def test_cli_multirun_four_jobs_four_grouped_runs(tmp_path: Path) -> None:
     result = run_train(
         "-m",
         *CLI_FAST,
+        "logger=wandb",
         "model=wgangp,dragan",
         "model.penalty.weight=1,10",
         "hydra.sweep.dir=sweep",
@@ -299,7 +327,7 @@ def test_cli_wandb_unreachable_server_falls_back_offline(tmp_path: Path) -> None
         "WANDB_INIT_TIMEOUT": "5",
         "WANDB_SILENT": "true",
     }
-    result = run_train(*CLI_FAST, "hydra.run.dir=run", cwd=tmp_path, env=env)
+    result = run_train(*CLI_FAST, "logger=wandb", "hydra.run.dir=run", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "W&B: no online run" in result.stdout and "wandb sync" in result.stdout
     (run_dir,) = find_offline_runs(tmp_path / "run")
@@ -399,3 +427,199 @@ def test_slurm_launcher_config_composes(compose_config) -> None:
     launcher = HydraConfig.get().launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.timeout_min == 240
+
+
+# --- the saved config is what ran ------------------------------------------------------------
+
+
+def resolved_saved_config(run_dir: Path) -> dict:
+    """A run's ``.hydra/config.yaml`` resolved as in the run (``${hydra:...}`` from its
+    ``.hydra/hydra.yaml``)."""
+    setup_globals()  # Hydra's resolvers (hydra:, now:), as a Hydra run registers them
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    hydra_yaml = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().cfg = hydra_yaml  # what HydraConfig.get() reads (.hydra)
+    try:
+        return OmegaConf.to_container(saved, resolve=True)
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+TASK_RUNS = {
+    "gan": CLI_FAST,
+    "classifier": [
+        "model=gp_classifier",
+        "data=digits",
+        "debug=fast_classifier",
+        "trainer.max_epochs=2",
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASK_RUNS)
+def test_cli_saved_config_is_what_ran(task: str, tmp_path: Path) -> None:
+    result = run_train(*TASK_RUNS[task], "logger=csv", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "run"
+    saved = resolved_saved_config(run)
+    choices = OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    assert choices.task == task
+
+    # The hyperparameters the run logged are the saved config (Lightning adds the module's own
+    # hyperparameters to the same file, under other keys).
+    (hparams_file,) = (run / "csv").rglob("hparams.yaml")
+    logged = yaml.safe_load(hparams_file.read_text())
+    assert {key: logged[key] for key in saved} == saved
+    # The module was built from the saved model config.
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    hyperparameters = checkpoint["hyper_parameters"]
+    for key, value in saved["model"].items():
+        if key != "_target_":
+            assert hyperparameters[key] == value, key
+    # The printed config tree was saved beside it.
+    assert "max_epochs" in (run / "config_tree.log").read_text()
+
+    files = {path.relative_to(run).as_posix() for path in run.rglob("*") if path.is_file()}
+    ran = {key.split("{")[0] for key in checkpoint["callbacks"]}
+    if task == "classifier":
+        # Trained for the saved number of epochs, tested; no generator, no GAN callbacks.
+        assert saved["trainer"]["max_epochs"] == 2 and saved["test"] is True
+        results = json.loads((run / "results.json").read_text())
+        assert results["epochs"] == 2 and results["test_split"] == "val"
+        assert "generator" not in saved["model"] and "generator" not in hyperparameters
+        assert "generator_steps" not in saved
+        assert set(saved["callbacks"]) == {"checkpoint", "nonfinite_guard"}
+        assert ran == {"GANCheckpoint", "NonFiniteGuard"}
+        assert not any(name.startswith("samples/") for name in files)
+        assert [name for name in files if name.endswith(".ckpt")] == ["checkpoints/last.ckpt"]
+    else:
+        # Stopped by the configured generator-step limit; validated, plotted and saved at the
+        # saved cadence; no final test.
+        assert saved["trainer"]["max_epochs"] == -1 and saved["test"] is False
+        assert saved["callbacks"]["generator_step_limit"]["max_generator_steps"] == 2
+        assert checkpoint["lit_gp"]["generator_step"] == 2
+        assert not (run / "results.json").exists()
+        assert "samples/step_000002.png" in files
+        assert "checkpoints/step=12.ckpt" in files  # 2 generator steps x (n_critic 5 + 1)
+
+
+# --- failed jobs of a multirun -------------------------------------------------------------------
+
+
+def _job_dirs(sweep: Path) -> list[Path]:
+    return sorted(path for path in sweep.iterdir() if path.is_dir())
+
+
+@pytest.mark.slow
+def test_cli_multirun_records_failed_jobs_and_runs_the_others(tmp_path: Path) -> None:
+    # Three jobs: a good learning rate, a bad value (exit 2 alone) and one that diverges at once
+    # (a non-finite loss: exit 3 alone). Logged offline to W&B.
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    result = run_train(
+        "-m",
+        *CLI_FAST,
+        "logger=wandb",
+        "model.critic_optimizer.lr=1e-4,-1,1e+30",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    good, bad_value, diverged = _job_dirs(tmp_path / "sweep")
+    assert (good / "checkpoints" / "last.ckpt").is_file()
+    assert not (good / "error.txt").exists()
+    bad_line = (bad_value / "error.txt").read_text().strip()
+    assert bad_line.startswith("error: model.critic_optimizer")
+    diverged_line = (diverged / "error.txt").read_text().strip()
+    assert diverged_line.startswith("error: non-finite")
+    # The report at the end names both failed jobs with their overrides and lines.
+    report = result.stderr[result.stderr.index("error: 2 of 3 jobs failed") :].splitlines()
+    assert report[1] == f"  sweep/1 (model.critic_optimizer.lr=-1): {bad_line}"
+    assert report[2] == f"  sweep/2 (model.critic_optimizer.lr=1e+30): {diverged_line}"
+    # The diverged job had started its W&B run: marked failed, the line in its summary. The bad
+    # value stopped before any W&B run.
+    assert not find_offline_runs(bad_value)
+    (run_dir,) = find_offline_runs(diverged)
+    run = read_run(run_dir)
+    assert run.exit_code == 3 and run.summary["error"] == diverged_line
+    (run_dir,) = find_offline_runs(good)
+    assert read_run(run_dir).exit_code == 0
+
+
+@pytest.mark.slow
+def test_cli_optuna_search_goes_on_after_a_failed_trial(tmp_path: Path) -> None:
+    # TPE (seed 1) draws the weights -1, 1, 10 in turn: the first trial fails, the search goes on.
+    result = run_train(
+        "-m",
+        *CLI_FAST,
+        "seed=1",
+        "hparams_search=penalty_weight",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.params={model.penalty.weight:'choice(1,-1,10)'}",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    jobs = _job_dirs(tmp_path / "sweep")
+    assert len(jobs) == 3
+    weights = [yaml_value(job / ".hydra" / "overrides.yaml") for job in jobs]
+    assert -1 in weights and {1, 10} & set(weights)
+    for job, weight in zip(jobs, weights, strict=True):
+        assert (job / "error.txt").exists() == (weight == -1)
+        assert (job / "checkpoints" / "last.ckpt").exists() == (weight != -1)
+    assert "Failed experiment" in result.stdout + result.stderr  # the sweeper marked it failed
+    optimization = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert optimization["best_params"]["model.penalty.weight"] in (1, 10)
+    assert "error: 1 of 3 jobs failed" in result.stderr
+
+
+def test_a_failed_job_returns_what_optuna_records_as_failed() -> None:
+    # hydra-optuna-sweeper tells a trial COMPLETE with float(return value), FAIL if that raises;
+    # a NaN would make optuna's study.tell raise (and end the search).
+    from lit_gp.jobs import FailedJob
+
+    with pytest.raises(TypeError):
+        float(FailedJob(2, "error: x: bad"))
+
+
+def test_the_resolved_config_is_printed_as_a_tree_and_saved_on_rank_zero_only(
+    compose_config, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    train(compose_config("generator_steps=1"))
+    printed = capsys.readouterr().out
+    saved = (tmp_path / "config_tree.log").read_text()
+    for text in (printed, saved):
+        # Branches per group, values resolved (no ${...} left).
+        assert "generator_step_limit" in text and "max_generator_steps: 1" in text
+        assert "output_dir:" in text and "${" not in text
+    assert f"output_dir: {tmp_path}" in saved
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    other = tmp_path / "rank1"
+    train(compose_config("generator_steps=1", output_dir=other))
+    assert "generator_step_limit" not in capsys.readouterr().out
+    assert not (other / "config_tree.log").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # debug=fast sets the toy plot's sample counts; the callback stays off.
+        (["callbacks=none"], ["GeneratorStepLimit"]),
+        (
+            ["experiment=adaptive_weight"],
+            ["GANCheckpoint", "NonFiniteGuard", "SampleGrid", "ImageMetrics", "GeneratorStepLimit"],
+        ),
+    ],
+)
+def test_debug_fast_leaves_switched_off_callbacks_off(overrides, expected, compose_config):
+    from lit_gp.training import build_callbacks
+
+    cfg = compose_config(*overrides, "debug=fast")
+    assert [type(callback).__name__ for callback in build_callbacks(cfg.callbacks)] == expected

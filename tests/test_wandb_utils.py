@@ -134,3 +134,29 @@ def test_choose_wandb_mode_respects_env(
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", mode)
     assert choose_wandb_mode(str(no_wandb_login)) == mode
+
+
+def test_a_failed_block_marks_its_run_failed_with_the_line_in_its_summary(
+    offline_wandb: Path,
+) -> None:
+    from lit_gp.errors import NonFiniteError
+    from lit_gp.jobs import describe_failure
+    from lit_gp.wandb_utils import wandb_run_closed
+
+    with pytest.raises(NonFiniteError), wandb_run_closed(describe_failure):
+        _logger(offline_wandb).log_metrics({"train/critic_loss": 1.0}, step=0)
+        raise NonFiniteError("non-finite penalty in the critic update at generator step 4")
+    assert wandb.run is None
+    with wandb_run_closed(describe_failure):
+        _logger(offline_wandb).log_metrics({"train/critic_loss": 2.0}, step=0)
+    assert wandb.run is None
+
+    runs = sorted(
+        (read_run(path) for path in find_offline_runs(offline_wandb)),
+        key=lambda run: run.exit_code,
+    )
+    assert [run.exit_code for run in runs] == [0, 3]
+    assert "error" not in runs[0].summary
+    assert runs[1].summary["error"] == (
+        "error: non-finite penalty in the critic update at generator step 4"
+    )

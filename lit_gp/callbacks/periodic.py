@@ -90,5 +90,22 @@ def log_wandb_image(
             # define_generator_step_axis was not called.
             logger.log_metrics(
                 {key: [wandb.Image(image, caption=caption)], GENERATOR_STEP_KEY: step},
-                step=trainer.global_step,
+                step=lightning_log_step(trainer),
             )
+
+
+def lightning_log_step(trainer: pl.Trainer) -> int | None:
+    """The step Lightning gives the rows it logs at this point (``WandbLogger`` writes it as
+    ``trainer/global_step``): its count of training batches, as for ``self.log`` rows and
+    Lightning's ``LearningRateMonitor``, not ``trainer.global_step`` (every optimizer step,
+    n_critic + 1 per generator step). During a batch's hooks that is the batch's index in the
+    run; after the batch (``on_train_end``, an epoch's end) the count has moved on, and Lightning
+    writes such rows with the last batch's, so that one is returned. None (no step in the row)
+    if this Lightning keeps the count elsewhere."""
+    loop = trainer.fit_loop.epoch_loop
+    batches = getattr(loop, "_batches_that_stepped", None)
+    progress = getattr(getattr(loop, "batch_progress", None), "current", None)
+    if batches is None or progress is None:
+        return None
+    in_batch = progress.processed > progress.completed
+    return batches if in_batch or batches == 0 else batches - 1

@@ -30,7 +30,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import functional as TF
 
 from lit_gp.data.loading import EpochSampler, ResumableDataLoader, derived_generator
-from lit_gp.errors import ConfigError, check_int, first_line
+from lit_gp.errors import ConfigError, check_int, check_number, first_line
 
 SPLITS = ("train", "val")
 
@@ -94,13 +94,7 @@ def _check_bool(key: str, value: object) -> None:
 
 
 def _check_fraction(key: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not 0 < value < 1
-    ):
-        raise ConfigError(key, f"must be a number strictly between 0 and 1, got {value!r}")
+    check_number(key, value, 0, 1, strict=True, strict_maximum=True)
 
 
 def _check_root(value: object) -> str:

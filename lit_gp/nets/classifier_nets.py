@@ -13,20 +13,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lit_gp.errors import ConfigError, check_int
+from lit_gp.errors import check_int, check_number
 from lit_gp.nets.dcgan import check_image_shape
 from lit_gp.nets.layers import MaskedReLU
 
 
 def _check_dropout(dropout: object) -> float:
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, int | float)
-        or not math.isfinite(dropout)
-        or not 0 <= dropout < 1
-    ):
-        raise ConfigError("dropout", f"must be a number in [0, 1), got {dropout!r}")
-    return float(dropout)
+    return check_number("dropout", dropout, 0, 1, strict_maximum=True)
 
 
 def _dropout(p: float) -> list[nn.Module]:

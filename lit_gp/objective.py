@@ -1,0 +1,286 @@
+"""What the GAN minimizes, with no Lightning in it: penalty terms and the two phases' losses.
+
+Following stylegan2-ada's ``training/loss.py``, the math of a step is kept apart from the loop
+that applies it (``lit_gp.gan.GANModule``):
+
+- :class:`PenaltyTerm` is everything about one penalty in the critic's objective: the penalty
+  function with its options, its lazy interval (``every``), its weight controller, the loss
+  scale it needs under fp16 mixed precision, the values it logs and its checkpoint state.
+- :class:`GANObjective` gives the critic's loss (adversarial loss plus every due penalty term)
+  and the generator's loss for given nets and batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.utils import get_method
+from torch import Tensor
+
+from lit_gp import penalties
+from lit_gp.config import Spec, build, is_spec, plain
+from lit_gp.errors import ConfigError, check_int
+from lit_gp.losses import AdversarialLoss
+from lit_gp.penalties import PenaltyResult
+from lit_gp.penalty_weights import WeightController
+
+Critic = Callable[[Tensor], Tensor]
+Reduce = Callable[[Tensor], Tensor]
+
+
+def _takes_loss_scale(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return "loss_scale" in parameters or any(
+        parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
+    )
+
+
+def _penalty_from_spec(spec: Spec) -> tuple[Callable[..., PenaltyResult], int]:
+    """The registered penalty of a ``{_target_: <penalty>, every: k, **options}`` spec with its
+    options bound, and its interval k, after checking the name and every option."""
+    target = spec.get("_target_", "")
+    try:
+        function = get_method(target)
+    except Exception:
+        function = None
+    method = penalties.method_of(function)
+    if method is None:
+        names = ", ".join(f"lit_gp.penalties.{name}" for name in penalties.REGISTRY)
+        raise ConfigError(
+            "_target_", f"must be a registered penalty ({names}, ...), got {target!r}"
+        )
+    options = {key: value for key, value in plain(spec).items() if not key.startswith("_")}
+    every = options.pop("every", 1)
+    check_int("every", every)
+    method.check(options)
+    return functools.partial(function, **options), every
+
+
+class PenaltyTerm:
+    """One penalty in the critic's objective.
+
+    Args:
+        function: ``function(critic, real, fake[, loss_scale=...]) -> PenaltyResult``: a
+            registered penalty with its options bound (``functools.partial``) or any callable
+            with that signature.
+        every: lazy regularization (StyleGAN2): the penalty on every k-th critic step only,
+            its loss multiplied by k so that the average stays the same.
+        controller: the weight controller (None: the configured weight, fixed).
+        name: the term's name, for messages and checkpoints (default: the penalty's name).
+    """
+
+    def __init__(
+        self,
+        function: Callable[..., PenaltyResult],
+        every: int = 1,
+        controller: WeightController | None = None,
+        name: str | None = None,
+    ) -> None:
+        check_int("every", every)
+        self.function = function
+        self.every = every
+        self.method = penalties.method_of(function)
+        self.name = name or (self.method.name if self.method else "penalty")
+        self.options: dict[str, Any] = dict(getattr(function, "keywords", {}) or {})
+        self.takes_loss_scale = _takes_loss_scale(function)
+        self.controller = WeightController() if controller is None else controller
+        if not isinstance(self.controller, WeightController):
+            raise ConfigError(
+                "weight_controller", "must be a lit_gp.penalty_weights.WeightController"
+            )
+        if self.method is None:
+            # A plain callable: its weight is its own business, and it declares no norm target.
+            self.controller.bind(1.0, 1.0, self.name)
+        else:
+            self.controller.bind(
+                self.method.scale_value(self.options),
+                self.method.target_value(self.options),
+                self.name,
+            )
+        # The latest values to log, kept between lazy steps.
+        self.logs: dict[str, Tensor] = {}
+        self.result: PenaltyResult | None = None
+
+    @classmethod
+    def from_spec(
+        cls,
+        penalty: Callable[..., PenaltyResult] | Spec,
+        controller: WeightController | Spec | None = None,
+    ) -> PenaltyTerm:
+        """A term from a penalty spec (``{_target_, every, **options}``) or callable and a
+        controller spec or object; ConfigErrors name ``penalty.<option>`` or
+        ``weight_controller.<option>``."""
+        every = 1
+        if is_spec(penalty):
+            try:
+                penalty, every = _penalty_from_spec(penalty)
+            except ConfigError as error:
+                raise error.with_prefix("penalty") from None
+        return cls(penalty, every, build(controller, "weight_controller"))
+
+    @property
+    def allows_batch_norm(self) -> bool:
+        return bool(self.options.get("allow_batch_norm", False))
+
+    def check_loss_scaling(self, scaled: bool) -> None:
+        """Refuse, before training, a penalty that cannot take the loss scale fp16 needs."""
+        if scaled and not self.takes_loss_scale:
+            raise ConfigError(
+                "penalty",
+                f"{self.name} takes no loss_scale keyword, which 16-mixed needs to keep its "
+                "input gradient from underflowing; give it a loss_scale=None keyword passed to "
+                "lit_gp.penalties.input_gradient, or train in bf16-mixed or 32-true",
+            )
+
+    def due(self, critic_step: int) -> bool:
+        """Whether the penalty is computed at this critic step (lazy regularization)."""
+        return critic_step % self.every == 0
+
+    def loss(
+        self, critic: Critic, real: Tensor, fake: Tensor, loss_scale: float | None = None
+    ) -> Tensor:
+        """The term added to the critic's loss at a step where it is due (the penalty through
+        the controller, times ``every``); also keeps the result and the values to log."""
+        if self.takes_loss_scale and loss_scale is not None:
+            result = self.function(critic, real, fake, loss_scale=loss_scale)
+        else:
+            result = self.function(critic, real, fake)
+        term = self.every * self.controller.loss(result)
+        self.result = result
+        norm = result.grad_norm
+        self.logs = {
+            "penalty": (term / self.every).detach(),
+            "penalty_weight": torch.tensor(float(self.controller.weight)),
+            "grad_norm_mean": norm.mean(),
+            "grad_norm_max": norm.max(),
+            "grad_norm_fraction_above_1": (norm > 1).float().mean(),
+            # Distance from the 1-Lipschitz ideal, whatever the penalty's own target.
+            "grad_norm_deviation": (norm - 1).abs().mean(),
+        }
+        return term
+
+    def update(self, reduce: Reduce | None = None) -> None:
+        """After the critic's optimizer step: move the weight controller with the result of
+        this step's penalty (averaged over data-parallel ranks by ``reduce``)."""
+        if self.result is not None:
+            self.controller.update(self.result, reduce)
+        self.result = None
+
+    def state_dict(self) -> dict[str, Any]:
+        controller = type(self.controller)
+        return {
+            "controller": f"{controller.__module__}.{controller.__qualname__}",
+            "state": self.controller.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        controller = type(self.controller)
+        current = f"{controller.__module__}.{controller.__qualname__}"
+        saved = state.get("controller", current)
+        if saved != current:
+            raise ConfigError(
+                "weight_controller",
+                f"the checkpoint's {self.name} penalty was trained with {saved}, this run asks "
+                f"for {current}; resuming would reset its weight: repeat the run's "
+                "weight_controller",
+            )
+        self.controller.load_state_dict(dict(state.get("state", {})))
+
+
+@dataclass
+class CriticStep:
+    """What the critic phase computed: the loss to minimize and the detached values around it."""
+
+    loss: Tensor
+    # Every loss term, detached (for lit_gp.callbacks.NonFiniteGuard).
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    # The values to log, keys without the train/ prefix.
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class GANObjective:
+    """The critic's and the generator's losses: an adversarial loss plus penalty terms.
+
+    Args:
+        loss: the adversarial loss.
+        terms: the penalty terms of the critic's objective.
+        fused_critic_pass: score real and fake samples in one critic call on their
+            concatenation (same numbers for a critic that scores each sample on its own).
+    """
+
+    def __init__(
+        self,
+        loss: AdversarialLoss,
+        terms: Sequence[PenaltyTerm] = (),
+        fused_critic_pass: bool = True,
+    ) -> None:
+        self.adversarial_loss = loss
+        self.terms = list(terms)
+        self.fused_critic_pass = fused_critic_pass
+
+    def score(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        """Critic scores of a real and a fake batch, in one call when ``fused_critic_pass``."""
+        if not self.fused_critic_pass:
+            return critic(real), critic(fake)
+        scores = critic(torch.cat([real, fake.to(real.dtype)]))
+        return scores[: real.shape[0]], scores[real.shape[0] :]
+
+    def critic_loss(
+        self,
+        critic: Critic,
+        real: Tensor,
+        fake: Tensor,
+        critic_step: int,
+        loss_scale: float | None = None,
+    ) -> CriticStep:
+        """The critic's loss on a real and a (detached) fake batch at critic step
+        ``critic_step``: the adversarial loss plus every penalty term due at that step."""
+        real_scores, fake_scores = self.score(critic, real, fake)
+        adversarial = self.adversarial_loss.critic(real_scores, fake_scores)
+        step = CriticStep(
+            loss=adversarial,
+            terms={"critic_loss": adversarial.detach()},
+            logs={
+                "critic_loss": adversarial.detach(),
+                self.adversarial_loss.gap_name: (real_scores.mean() - fake_scores.mean()).detach(),
+            },
+        )
+        for term in self.terms:
+            if term.due(critic_step):
+                penalty = term.loss(critic, real, fake, loss_scale)
+                step.loss = step.loss + penalty
+                step.terms[self._key(term, "penalty")] = term.logs["penalty"]
+            # The latest penalty statistics, also on steps that skip a lazy penalty.
+            step.logs.update({self._key(term, key): value for key, value in term.logs.items()})
+        return step
+
+    def _key(self, term: PenaltyTerm, key: str) -> str:
+        # One penalty logs under plain names (train/penalty); several under their own names.
+        return key if len(self.terms) == 1 else f"{key}/{term.name}"
+
+    def after_critic_step(self, reduce: Reduce | None = None) -> None:
+        """Move every weight controller with the step just taken."""
+        for term in self.terms:
+            term.update(reduce)
+
+    def generator_loss(
+        self, critic: Critic, fake: Tensor, real: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The generator's loss for generated samples ``fake`` (in the graph) and, for a loss
+        that compares with real samples, the real batch ``real``; and the values to log."""
+        if self.adversarial_loss.generator_needs_real:
+            if real is None:
+                raise ValueError(f"the {self.adversarial_loss.name} loss needs a real batch")
+            real_scores, fake_scores = self.score(critic, real, fake)
+            loss = self.adversarial_loss.generator_loss(fake_scores, real_scores.detach())
+        else:
+            loss = self.adversarial_loss.generator_loss(critic(fake))
+        return loss, {"generator_loss": loss.detach()}
