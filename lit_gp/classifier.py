@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_gp.config import Spec, build
+from lit_gp.config import Spec, build, call_factory
 from lit_gp.errors import ConfigError, check_int, check_number, first_line
 from lit_gp.module import LitGPModule, refuse_batch_norm
 from lit_gp.penalties import PenaltyResult, gradient_penalty, input_gradient
@@ -181,10 +181,10 @@ class GradientPenaltyClassifier(LitGPModule):
     # --- setup ---------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.call(self._optimizer_factory, "optimizer", self.net.parameters())
+        optimizer = call_factory(self._optimizer_factory, "optimizer", self.net.parameters())
         if self._scheduler_factory is None:
             return optimizer
-        scheduler = self.call(self._scheduler_factory, "scheduler", optimizer)
+        scheduler = call_factory(self._scheduler_factory, "scheduler", optimizer)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def probe_data_shape(self, data_shape: Sequence[int]) -> None:

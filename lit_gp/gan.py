@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_gp import random_state
-from lit_gp.config import Spec, build
+from lit_gp.config import Spec, build, call_factory
 from lit_gp.distributed import check_strategy, seed_per_rank
 from lit_gp.ema import averaged_generator
 from lit_gp.errors import ConfigError, check_int, first_line
@@ -239,14 +239,14 @@ class GANModule(LitGPModule):
 
     def _optimizers_and_schedulers(self) -> tuple[list[Any], list[Any]]:
         optimizers = [
-            self.call(self._optimizer_factories[name], name, net.parameters())
+            call_factory(self._optimizer_factories[name], name, net.parameters())
             for name, net in (
                 ("critic_optimizer", self.critic),
                 ("generator_optimizer", self.generator),
             )
         ]
         schedulers = [
-            self.call(factory, name, optimizer)
+            call_factory(factory, name, optimizer)
             for (name, factory), optimizer in zip(
                 self._scheduler_factories.items(), optimizers, strict=True
             )

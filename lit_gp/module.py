@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lit_gp.config import Spec, build, call_factory, storable_hyperparameters
+from lit_gp.config import Spec, build, storable_hyperparameters
 from lit_gp.errors import ConfigError
 from lit_gp.penalties import find_batch_norm
 from lit_gp.step_logs import log_pending_step_metrics
@@ -78,11 +78,6 @@ class LitGPModule(L.LightningModule):
         """``params -> Optimizer`` (or ``optimizer -> LRScheduler``) from a spec, a callable, or
         ``default`` when None."""
         return build(spec or default, key, partial=True)
-
-    @staticmethod
-    def call(factory: Callable[..., Any], key: str, *args: Any) -> Any:
-        """Call an optimizer or scheduler factory; a bad argument is a ConfigError on ``key``."""
-        return call_factory(factory, key, *args)
 
     # --- data ----------------------------------------------------------------------------------
 

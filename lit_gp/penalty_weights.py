@@ -160,7 +160,7 @@ class ProportionalIntegral(WeightController):
         return (result.grad_norm.float() - self.held_norm).abs().mean()
 
     def apply(self, signal: float) -> None:
-        measured = signal
+        measured = signal  # mean |norm - target| over the batch (and ranks)
         if not math.isfinite(measured):
             return  # a non-finite norm is the non-finite guard's business, not a control signal
         if self.deviation is None:
