@@ -5,7 +5,8 @@ Content is deterministic and encodes the label, so a classifier can learn it:
 
 - MNIST / Fashion-MNIST: label ``y`` is a 255-valued horizontal stripe on rows
   ``MNIST_STRIPE_ROW0 + 2 y`` and the next one (columns shift a little with the index), pixel
-  ``(0, 0)`` is 0 and pixel ``MNIST_MID_PIXEL`` is ``MNIST_MID_VALUE`` (51, i.e. -0.6).
+  ``(0, 0)`` is 0 and pixel ``MNIST_MID_PIXEL`` is ``MNIST_MID_VALUE`` (51, i.e. -0.6). The IDX
+  files are written uncompressed (torchvision's layout) or gzipped (as distributed).
 - CIFAR-10: label ``y`` is an 8x8 square of colour ``CIFAR_COLORS[y]`` at ``cifar_square(y, i)``
   on black; image 0 of ``data_batch_1`` has label 0, a pure red square at rows/cols 0..7.
 - Image folder: PNGs are one solid colour ``FOLDER_PNG_COLOR`` (RGB or RGBA), JPEGs gradients
@@ -14,6 +15,7 @@ Content is deterministic and encodes the label, so a classifier can learn it:
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import struct
 from pathlib import Path
@@ -72,25 +74,50 @@ def mnist_image(label: int, index: int) -> np.ndarray:
     return image
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX file: big-endian magic (0x08 = unsigned byte, then the number of dimensions), the
-    dimensions as big-endian int32, then the bytes row-major."""
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file's bytes: big-endian magic (0x08 = unsigned byte, then the number of
+    dimensions), the dimensions as big-endian int32, then the bytes row-major."""
     magic = 0x0800 | array.ndim
     header = struct.pack(f">{1 + array.ndim}i", magic, *array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
-def write_mnist(root: Path, n_train: int = 64, n_test: int = 32, folder: str = "MNIST") -> None:
-    """The four uncompressed IDX files in ``<root>/<folder>/raw`` ("FashionMNIST" for
-    Fashion-MNIST), as torchvision leaves them after a download."""
-    raw = Path(root) / folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n, offset in (("train", n_train, 0), ("test", n_test, 1000)):
-        labels = np.array([mnist_label(offset + i) for i in range(n)], dtype=np.uint8)
-        images = np.stack([mnist_image(int(y), offset + i) for i, y in enumerate(labels)])
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """``array`` as an IDX file at ``path``, gzipped when the name ends in ``.gz`` (as the
+    files are distributed, and as Debian's dataset-fashion-mnist installs them)."""
+    data = idx_bytes(array)
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=1, mtime=0)
+    path.write_bytes(data)
+
+
+def mnist_split(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images ``(n, 28, 28)`` and labels ``(n,)`` of the fixture's ``split`` ("train":
+    indices 0.., "test": 1000..)."""
+    offset = 0 if split == "train" else 1000
+    labels = np.array([mnist_label(offset + i) for i in range(n)], dtype=np.uint8)
+    images = np.stack([mnist_image(int(y), offset + i) for i, y in enumerate(labels)])
+    return images, labels
+
+
+def write_mnist_files(folder: Path, n_train: int = 64, n_test: int = 32, gz: bool = False) -> None:
+    """The four IDX files directly in ``folder``, uncompressed or (``gz``) as ``.gz``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = mnist_split(split, n)
         image_file, label_file = MNIST_FILES[split]
-        _write_idx(raw / image_file, images)
-        _write_idx(raw / label_file, labels)
+        write_idx(folder / (image_file + suffix), images)
+        write_idx(folder / (label_file + suffix), labels)
+
+
+def write_mnist(
+    root: Path, n_train: int = 64, n_test: int = 32, folder: str = "MNIST", gz: bool = False
+) -> None:
+    """The four IDX files in ``<root>/<folder>/raw`` ("FashionMNIST" for Fashion-MNIST),
+    uncompressed as torchvision leaves them after a download (or ``.gz`` with ``gz``)."""
+    write_mnist_files(Path(root) / folder / "raw", n_train, n_test, gz)
 
 
 def cifar_square(label: int, index: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from lit_gp.data import (
     ImageFolderDataModule,
     MNISTDataModule,
 )
+from lit_gp.data import images as image_data
 from lit_gp.errors import ConfigError
 
 
@@ -197,7 +198,7 @@ def test_mnist_dequantization_bins(mnist_root):
     assert torch.equal(next(iter(dm.val_dataloader()))[0], dm.real_images("val", 32)[0])
 
 
-def test_mnist_missing_files_offline(tmp_path):
+def test_mnist_missing_files_offline(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as caught:
         MNISTDataModule(root=str(tmp_path / "data"))
     error = caught.value
@@ -206,7 +207,9 @@ def test_mnist_missing_files_offline(tmp_path):
     assert "train-images-idx3-ubyte" in error.message and "download=true" in error.message
     assert "\n" not in str(error)
 
-    # Files of the other data set are not taken: Fashion-MNIST reads FashionMNIST/raw.
+    # Files of the other data set are not taken: Fashion-MNIST reads FashionMNIST/raw (and,
+    # were it installed, Debian's package, left out here).
+    monkeypatch.setattr(image_data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no_package"))
     write_mnist(tmp_path, folder="MNIST")
     with pytest.raises(ConfigError, match="FashionMNIST") as caught:
         FashionMNISTDataModule(root=str(tmp_path))

@@ -11,9 +11,13 @@ the rest of the random state when a run resumes.
 
 from __future__ import annotations
 
+import gzip
+import logging
 import math
 import os
 import pickle
+import struct
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +38,8 @@ from lit_gp.errors import ConfigError, check_int, check_number, first_line
 
 SPLITS = ("train", "val")
 
+log = logging.getLogger(__name__)
+
 # RNG streams derived from the user's seed (toy.py uses 0-3; distinct numbers keep one meaning
 # per stream).
 _STREAM_SPLIT, _STREAM_SHUFFLE = 4, 5
@@ -45,9 +51,21 @@ _MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+# Where Debian's package dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`; also in
+# Ubuntu) installs the four files above, gzipped: `dpkg -L dataset-fashion-mnist`. Read in
+# place, never written to. There is no such package for MNIST.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+# Images per class in the official training splits: a data set's files found under the other
+# one's name (the four file names are the same) are refused instead of trained on.
+_OFFICIAL_TRAIN_CLASS_COUNTS = {
+    "MNIST": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+    "Fashion-MNIST": (6000,) * 10,
+}
 _CIFAR10_FOLDER = "cifar-10-batches-py"
 _CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
-# What reading a damaged data file raises inside torchvision (its IDX reader uses assert).
+# What reading a damaged data file raises: torchvision's CIFAR-10 reader (unpickling), and
+# read_idx (ValueError, damaged .gz files included).
 _READ_ERRORS = (
     OSError,
     RuntimeError,
@@ -67,6 +85,10 @@ class ImageReadError(ConfigError):
     traceback)``; ConfigError needs two arguments, so torch would turn it into a RuntimeError
     carrying the whole traceback. With one argument this class recovers key and message from
     the traceback's last line (``...ImageReadError: root: cannot read image ...``).
+
+    The torchvision data modules raise it from ``setup`` too (missing or damaged files): that
+    runs inside ``trainer.fit``, where ``lit_gp.training.fit`` gives this class its ``data.``
+    prefix.
     """
 
     def __init__(self, key: str, message: str | None = None) -> None:
@@ -335,10 +357,12 @@ class DigitsDataModule(ImageDataModule):
 
 
 class _TorchvisionDataModule(ImageDataModule):
-    """A torchvision data set read into integer tensors (no per-item PIL transform).
+    """A data set torchvision can download, read into integer tensors (no per-item PIL
+    transform).
 
-    Train split = torchvision's train split, val split = its test split. Files are looked for
-    in ``folder`` (the exact place torchvision reads); ``download=True`` fetches them
+    Train split = the official train split, val split = its test split. :meth:`source` is the
+    folder the files are read from: ``folder`` (where torchvision downloads to) unless a subclass
+    looks in more places. ``download=True`` fetches them into ``folder`` when no place holds them
     (``prepare_data``, or ``setup`` when no trainer called it).
     """
 
@@ -367,66 +391,125 @@ class _TorchvisionDataModule(ImageDataModule):
     @property
     @abstractmethod
     def folder(self) -> str:
-        """The folder torchvision reads the files from."""
+        """The folder torchvision downloads the files to (and reads them from)."""
 
     @abstractmethod
     def _dataset(self, train: bool, download: bool) -> torchvision.datasets.VisionDataset:
         """The torchvision data set of one split."""
 
     @abstractmethod
-    def _tensors(
-        self, dataset: torchvision.datasets.VisionDataset
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Integer images ``(N, C, H, W)`` and int64 labels of a loaded data set."""
+    def _read(self, folder: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer images ``(N, C, H, W)`` and int64 labels of one split, read from ``folder``."""
 
-    def _files_present(self) -> bool:
-        return all(os.path.isfile(os.path.join(self.folder, name)) for name in self._files)
+    def source(self) -> str | None:
+        """The folder the files are read from; None when no place holds all of them."""
+        complete = all(os.path.isfile(os.path.join(self.folder, name)) for name in self._files)
+        return self.folder if complete else None
 
-    def _require_files(self) -> None:
-        if not self._files_present():
-            raise ConfigError(
-                "root",
-                f"no {self.title} files in {self.folder} (expected {', '.join(self._files)}); "
-                "set data.download=true to download them, or copy the files there",
-            )
+    def _missing_message(self) -> str:
+        return (
+            f"no {self.title} files in {self.folder} (expected {', '.join(self._files)}); "
+            "set data.download=true to download them, or copy the files there"
+        )
+
+    def _download_hint(self) -> str:
+        return f"copy the files to {self.folder} instead"
+
+    def _require_files(self) -> str:
+        source = self.source()
+        if source is None:
+            raise ImageReadError("root", self._missing_message())
+        return source
 
     def _download(self) -> None:
         try:
             self._dataset(train=True, download=True)
         except (URLError, OSError, RuntimeError) as error:
-            raise ConfigError(
+            raise ImageReadError(
                 "download",
                 f"could not download {self.title} to {self.root} ({_error_summary(error)}); "
-                f"copy the files to {self.folder} instead",
+                + self._download_hint(),
             ) from None
 
     def prepare_data(self) -> None:
-        """Download the files if asked and missing (Lightning calls this on one process)."""
-        if self.download and not self._files_present():
+        """Download the files if asked and no place holds them (Lightning calls this on one
+        process)."""
+        if self.download and self.source() is None:
             self._download()
 
+    def _check_train_labels(self, labels: torch.Tensor, source: str) -> None:
+        """Refuse files that are readable but hold another data set (nothing to check here)."""
+
     def _load_splits(self) -> dict[str, _Split]:
+        # Errors here are ImageReadErrors: raised inside trainer.fit, they are the ones
+        # lit_gp.training.fit prefixes with "data." (as it does for a bad image file).
         self.prepare_data()
-        self._require_files()
+        source = self._require_files()
+        log.info("%s: reading the files in %s", self.title, source)
         splits = {}
         for split, train in (("train", True), ("val", False)):
             try:
-                images, labels = self._tensors(self._dataset(train=train, download=False))
+                images, labels = self._read(source, train)
             except _READ_ERRORS as error:
-                message = f"cannot read the {self.title} files in {self.folder}: "
-                raise ConfigError("root", message + _error_summary(error)) from None
+                message = f"cannot read the {self.title} files in {source}: "
+                raise ImageReadError("root", message + _error_summary(error)) from None
             if tuple(images.shape[1:]) != self.data_shape or len(labels) != len(images):
-                raise ConfigError(
+                raise ImageReadError(
                     "root",
-                    f"the {self.title} files in {self.folder} hold {len(images)} images of shape "
+                    f"the {self.title} files in {source} hold {len(images)} images of shape "
                     f"{tuple(images.shape[1:])} and {len(labels)} labels; expected images of "
                     f"shape {self.data_shape}, one label each",
                 )
             splits[split] = _TensorSplit(images, labels)
+        self._check_train_labels(splits["train"].labels, source)
         return splits
 
 
+def _idx_path(folder: str, name: str) -> str | None:
+    """``folder/name``, else ``folder/name.gz``; None when neither is a file."""
+    for path in (os.path.join(folder, name), os.path.join(folder, name + ".gz")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """The uint8 array of an IDX file of unsigned bytes with ``ndim`` dimensions, read directly
+    from ``.gz`` files (by suffix). The format (yann.lecun.com/exdb/mnist): the magic number
+    ``0x0800 + ndim`` (two zero bytes, type 0x08 = unsigned byte, ``ndim``) and the ``ndim``
+    sizes, all big-endian 32-bit, then the bytes in row-major order and nothing after.
+
+    Raises ValueError naming the file for anything else (damaged gzip data included).
+    """
+    name = os.path.basename(path)
+    header_size = 4 * (1 + ndim)
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as file:
+            header = file.read(header_size)
+            if len(header) < header_size:
+                raise ValueError(f"{len(header)} bytes, shorter than an IDX header")
+            magic, *sizes = struct.unpack(f">{1 + ndim}I", header)
+            if magic != 0x0800 + ndim:
+                raise ValueError(
+                    f"magic number {magic:#010x}, expected {0x0800 + ndim:#010x} (IDX file of "
+                    f"unsigned bytes with {ndim} dimension{'s' if ndim > 1 else ''})"
+                )
+            count = math.prod(sizes)
+            data = file.read(count)  # never more than the file holds
+            extra = file.read(1)
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise ValueError(f"{name}: {first_line(error)}") from None
+    if len(data) != count or extra:
+        held = "more than" if extra else f"{len(data)} bytes, not"
+        raise ValueError(f"{name}: its data is {held} the {count} bytes of sizes {tuple(sizes)}")
+    return np.frombuffer(bytearray(data), dtype=np.uint8).reshape(sizes)
+
+
 class _MNISTLikeDataModule(_TorchvisionDataModule):
+    """The four IDX files of MNIST's format (uncompressed or ``.gz``), read by :func:`read_idx`;
+    torchvision only downloads them."""
+
     max_level = 255
     _data_shape = (1, 28, 28)
     _files = _MNIST_FILES
@@ -438,16 +521,72 @@ class _MNISTLikeDataModule(_TorchvisionDataModule):
         # torchvision's class would move the folder, so it is used as is.)
         return os.path.join(self.root, self._torchvision_class.__name__, "raw")
 
+    def _places(self) -> list[str]:
+        """The folders that may hold the files, in lookup order."""
+        return [self.folder, self.root]
+
+    def _fixes(self) -> str:
+        return f"set data.download=true to download them, or copy the files to {self.root}"
+
+    def source(self) -> str | None:
+        """The first of :meth:`_places` holding all four files (each uncompressed or ``.gz``);
+        None when none does."""
+        for place in self._places():
+            if all(_idx_path(place, name) for name in self._files):
+                return place
+        return None
+
+    def _missing_message(self) -> str:
+        *first, last = self._places()
+        return (
+            f"no {self.title} files in {', '.join(first)} or {last} "
+            f"(expected {', '.join(self._files)}, each uncompressed or .gz); {self._fixes()}"
+        )
+
     def _dataset(self, train: bool, download: bool) -> torchvision.datasets.MNIST:
         return self._torchvision_class(self.root, train=train, download=download)
 
-    def _tensors(self, dataset: torchvision.datasets.MNIST) -> tuple[torch.Tensor, torch.Tensor]:
-        return dataset.data.unsqueeze(1), dataset.targets.long()
+    def _read(self, folder: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        prefix = "train" if train else "t10k"
+        paths = [
+            _idx_path(folder, name) or os.path.join(folder, name)
+            for name in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+        ]
+        images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1)
+        if labels.size and labels.max() >= self.num_classes:
+            raise ValueError(
+                f"{os.path.basename(paths[1])}: label {labels.max()} is not a class 0..9"
+            )
+        return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+    def _check_train_labels(self, labels: torch.Tensor, source: str) -> None:
+        # MNIST and Fashion-MNIST files have the same names: tell them apart by the official
+        # training split's class counts.
+        counts = tuple(torch.bincount(labels, minlength=self.num_classes).tolist())
+        for title, official in _OFFICIAL_TRAIN_CLASS_COUNTS.items():
+            if title != self.title and counts == official:
+                raise ImageReadError(
+                    "root",
+                    f"the files in {source} are {title}'s (its training split's class counts), "
+                    f"not {self.title}'s; point data.root at {self.title}'s files",
+                )
 
 
 class MNISTDataModule(_MNISTLikeDataModule):
-    """MNIST through torchvision: ``(1, 28, 28)`` images, 10 classes; train 60,000, val = the
-    10,000 test images. Files in ``<root>/MNIST/raw``."""
+    """MNIST: ``(1, 28, 28)`` grey digits, 10 classes; train 60,000, val = the 10,000 test
+    images.
+
+    Lookup order (the first folder that holds all four IDX files ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` is
+    read, each file uncompressed or ``.gz``, in place):
+
+    1. ``<root>/MNIST/raw``: torchvision's layout (where ``download=true`` puts them);
+    2. ``<root>`` itself, e.g. the four ``.gz`` files as distributed;
+    3. with ``download=true``, torchvision downloads them to ``<root>/MNIST/raw``.
+
+    Otherwise a one-line ConfigError on ``root`` names the places and what to do. (No Debian
+    package ships MNIST.)
+    """
 
     name = "mnist"
     title = "MNIST"
@@ -455,11 +594,36 @@ class MNISTDataModule(_MNISTLikeDataModule):
 
 
 class FashionMNISTDataModule(_MNISTLikeDataModule):
-    """Fashion-MNIST through torchvision: as MNIST, files in ``<root>/FashionMNIST/raw``."""
+    """Fashion-MNIST: as MNIST (``(1, 28, 28)``, 10 classes, train 60,000, val = the 10,000
+    test images), grey clothing images instead of digits.
+
+    Lookup order (the first folder that holds all four IDX files is read, each file
+    uncompressed or ``.gz``, in place; nothing is copied):
+
+    1. ``<root>/FashionMNIST/raw``: torchvision's layout (where ``download=true`` puts them);
+    2. ``<root>`` itself, e.g. the four ``.gz`` files as distributed;
+    3. ``/usr/share/datasets/fashion-mnist``: Debian's (and Ubuntu's) package
+       ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``);
+    4. with ``download=true``, torchvision downloads them to ``<root>/FashionMNIST/raw``.
+
+    Otherwise a one-line ConfigError on ``root`` names the places and what to do.
+    """
 
     name = "fashion_mnist"
     title = "Fashion-MNIST"
     _torchvision_class = torchvision.datasets.FashionMNIST
+
+    def _places(self) -> list[str]:
+        return [self.folder, self.root, DEBIAN_FASHION_MNIST_DIR]
+
+    def _fixes(self) -> str:
+        return (
+            f"apt-get install {FASHION_MNIST_PACKAGE}, or set data.download=true, "
+            f"or copy the files to {self.root}"
+        )
+
+    def _download_hint(self) -> str:
+        return f"apt-get install {FASHION_MNIST_PACKAGE}, or {super()._download_hint()}"
 
 
 class _CIFAR10FilesExist(torchvision.datasets.CIFAR10):
@@ -493,7 +657,8 @@ class CIFAR10DataModule(_TorchvisionDataModule):
     def _dataset(self, train: bool, download: bool) -> torchvision.datasets.CIFAR10:
         return _CIFAR10FilesExist(self.root, train=train, download=download)
 
-    def _tensors(self, dataset: torchvision.datasets.CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, folder: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        dataset = self._dataset(train=train, download=False)  # reads <root>/cifar-10-batches-py
         # torchvision stores (N, H, W, C) (a transposed view of the files' (N, C, H, W) planes).
         images = np.ascontiguousarray(
             np.asarray(dataset.data, dtype=np.uint8).transpose(0, 3, 1, 2)
