@@ -4,6 +4,7 @@ from lit_gp.callbacks.checkpoint import GANCheckpoint
 from lit_gp.callbacks.image_metrics import ImageMetrics
 from lit_gp.callbacks.nonfinite import NonFiniteGuard
 from lit_gp.callbacks.sample_grid import SampleGrid
+from lit_gp.callbacks.stacked_modes import StackedModes
 from lit_gp.callbacks.step_limit import GeneratorStepLimit
 from lit_gp.callbacks.toy_plot import ToyPlot
 
@@ -13,5 +14,6 @@ __all__ = [
     "ImageMetrics",
     "NonFiniteGuard",
     "SampleGrid",
+    "StackedModes",
     "ToyPlot",
 ]

@@ -8,6 +8,7 @@ from lit_gp.data.images import (
     ImageFolderDataModule,
     MNISTDataModule,
 )
+from lit_gp.data.stacked import StackedDigitsDataModule
 from lit_gp.data.toy import ToyDataModule, sample_toy
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "ImageDataModule",
     "ImageFolderDataModule",
     "MNISTDataModule",
+    "StackedDigitsDataModule",
     "ToyDataModule",
     "sample_toy",
 ]
