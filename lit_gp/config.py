@@ -33,12 +33,15 @@ def plain(value: Any) -> Any:
 
 def storable_hyperparameters(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments a module can save as hyperparameters: specs (as plain containers), strings,
-    numbers and None. Objects are left out: loading them would need weights_only=False."""
-    return {
-        name: plain(value)
-        for name, value in arguments.items()
-        if value is None or is_spec(value) or isinstance(value, (str, int, float))
-    }
+    numbers, None and lists of those. Objects are left out: loading them would need
+    weights_only=False."""
+    return {name: plain(value) for name, value in arguments.items() if _storable(value)}
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, (list, tuple, ListConfig)):
+        return all(_storable(item) for item in value)
+    return value is None or is_spec(value) or isinstance(value, (str, int, float))
 
 
 def build(spec: Any, key: str, partial: bool = False, recursive: bool = True, **kwargs: Any) -> Any:

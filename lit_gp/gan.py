@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from omegaconf import ListConfig
 from torch import Tensor, nn
 
 from lit_gp import random_state
@@ -20,8 +21,9 @@ from lit_gp.ema import averaged_generator
 from lit_gp.errors import ConfigError, check_int, first_line
 from lit_gp.losses import AdversarialLoss, get_loss
 from lit_gp.metrics import ModeCoverage, WassersteinEstimate
+from lit_gp.metrics.toy import wasserstein_1
 from lit_gp.module import LitGPModule
-from lit_gp.objective import GANObjective, PenaltyTerm
+from lit_gp.objective import GANObjective, PenaltyTerm, build_penalty_terms
 from lit_gp.penalties import PenaltyResult, check_critic, find_batch_norm
 from lit_gp.penalty_weights import WeightController
 from lit_gp.wandb_utils import GENERATOR_STEP_KEY
@@ -36,6 +38,13 @@ DEFAULT_OPTIMIZER: dict[str, Any] = {
 # Pure fp16 has no loss scaler to protect the input gradient (16-mixed has one, and the penalty
 # uses it); measured on this project's machine, 16-true gave NaN losses.
 _UNSUPPORTED_PRECISION = ("16-true",)
+
+
+def _listed(spec: Any, key: str) -> list[tuple[str, Any]]:
+    """``[(key, spec)]`` for one spec, ``[(key[i], spec_i), ...]`` for a list of them."""
+    if isinstance(spec, (list, tuple, ListConfig)):
+        return [(f"{key}[{index}]", item) for index, item in enumerate(spec)]
+    return [(key, spec)]
 
 
 class GANModule(LitGPModule):
@@ -56,17 +65,20 @@ class GANModule(LitGPModule):
         critic: maps samples to scores of shape (B,).
         penalty: a function ``penalty(critic, real, fake) -> PenaltyResult`` (for example
             ``functools.partial(lit_gp.penalties.wgan_gp, weight=10)``), a spec naming a
-            registered penalty (:func:`lit_gp.penalties.register_penalty`), or None for no
-            penalty. A spec may add ``every: k`` for lazy regularization (StyleGAN2): the
-            penalty is computed on every k-th critic step only, with its loss multiplied by k.
-            It becomes a :class:`lit_gp.objective.PenaltyTerm`.
+            registered penalty (:func:`lit_gp.penalties.register_penalty`), several such specs
+            by name (``{r1: {...}, r2: {...}}``, each logged under its name), or None for no
+            penalty. A spec may add ``every: k`` for lazy regularization (StyleGAN2: the
+            penalty on every k-th critic step only, its loss multiplied by k), ``schedule`` (a
+            :mod:`lit_gp.schedules` factor on its weight over generator steps) and its own
+            ``weight_controller``. Each becomes a :class:`lit_gp.objective.PenaltyTerm`.
         loss: ``"wasserstein"``, ``"non_saturating"``, ``"hinge"``, another registered loss or
             the dotted path of a :class:`lit_gp.losses.AdversarialLoss`.
         n_critic: critic steps per generator step.
         critic_optimizer, generator_optimizer: ``params -> Optimizer`` (default Adam,
             lr 1e-4, betas (0.5, 0.9), the WGAN-GP paper's).
-        critic_scheduler, generator_scheduler: ``optimizer -> LRScheduler``, stepped once per
-            generator step; None for a constant learning rate.
+        critic_scheduler, generator_scheduler: ``optimizer -> LRScheduler`` or a list of them
+            (a learning-rate schedule and :class:`lit_gp.schedules.Beta2Schedule`, say), stepped
+            once per generator step; None for a constant learning rate.
         num_eval_samples: generated samples scored by the toy metrics in validation (2,500 in
             the VEEGAN/PacGAN protocol).
         fused_critic_pass: score real and fake samples in one critic call on their
@@ -77,8 +89,11 @@ class GANModule(LitGPModule):
         ema_decay: decay of an exponential moving average of the generator used for sampling
             and metrics; None for none.
         generator_batch_size: noise vectors per generator step; None: the real batch's size.
-        weight_controller: an adaptive penalty weight (:mod:`lit_gp.penalty_weights`); None
-            keeps the configured weight.
+        weight_controller: an adaptive penalty weight (:mod:`lit_gp.penalty_weights`) for
+            every penalty whose spec names none; None keeps the configured weights.
+        compile: run the critic and generator of the training steps through
+            ``torch.compile`` (default backend). Only for penalties without a double backward
+            (finite-difference estimators, no penalty): torch.compile does not support it.
     """
 
     def __init__(
@@ -97,6 +112,7 @@ class GANModule(LitGPModule):
         ema_decay: float | None = None,
         generator_batch_size: int | None = None,
         weight_controller: WeightController | Spec | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.store_hyperparameters(
@@ -115,6 +131,7 @@ class GANModule(LitGPModule):
                 ema_decay=ema_decay,
                 generator_batch_size=generator_batch_size,
                 weight_controller=weight_controller,
+                compile=compile,
             )
         )
         check_int("n_critic", n_critic)
@@ -135,20 +152,24 @@ class GANModule(LitGPModule):
             raise ConfigError("generator", "must have a latent_dim attribute (the noise size)")
         self.generator_ema = averaged_generator(self.generator, ema_decay)
 
-        terms = []
-        if penalty is not None:
-            term = PenaltyTerm.from_spec(penalty, weight_controller)
+        terms = build_penalty_terms(penalty, weight_controller)
+        for term in terms:
             # Refuse a BatchNorm critic before training, not at the first critic step.
             check_critic(self.critic, term.allows_batch_norm)
-            terms.append(term)
-        elif weight_controller is not None:
-            raise ConfigError("weight_controller", "needs a penalty to control")
+        adversarial_loss = get_loss(loss)
+        if adversarial_loss.paired and generator_batch_size is not None:
+            raise ConfigError(
+                "generator_batch_size",
+                f"must be null with the {adversarial_loss.name} loss, which pairs each generated "
+                "sample with a real one of the data batch",
+            )
         # Concatenating real and fake changes BatchNorm's batch statistics: keep them apart.
         self.objective = GANObjective(
-            get_loss(loss),
+            adversarial_loss,
             terms,
             fused_critic_pass=fused_critic_pass and find_batch_norm(self.critic) is None,
         )
+        self._step_nets = self._compiled_nets(compile)
 
         self._optimizer_factories = {
             "critic_optimizer": self.optimizer_factory(
@@ -159,10 +180,15 @@ class GANModule(LitGPModule):
             ),
         }
         self._scheduler_factories = {
-            "critic_scheduler": self.optimizer_factory(critic_scheduler, "critic_scheduler"),
-            "generator_scheduler": self.optimizer_factory(
-                generator_scheduler, "generator_scheduler"
-            ),
+            name: [
+                (key, self.optimizer_factory(item, key))
+                for key, item in _listed(spec, name)
+                if item is not None
+            ]
+            for name, spec in (
+                ("critic_scheduler", critic_scheduler),
+                ("generator_scheduler", generator_scheduler),
+            )
         }
         # Build them once now, so a bad learning rate stops before training starts.
         self._optimizers_and_schedulers()
@@ -179,6 +205,26 @@ class GANModule(LitGPModule):
 
         self.score_gap = WassersteinEstimate()
         self.mode_coverage: ModeCoverage | None = None
+        # Real points for val/w1_distance on point data (set in setup).
+        self.distance_reference: Tensor | None = None
+
+    def _compiled_nets(self, compile: bool) -> dict[str, Any]:
+        """The critic and generator the training steps call: ``torch.compile``d ones when
+        ``compile``, else the nets themselves. Kept in a plain dict, so the compiled wrappers are
+        not submodules and checkpoints keep the nets' own parameter names."""
+        if not isinstance(compile, bool):
+            raise ConfigError("compile", f"must be true or false, got {compile!r}")
+        if not compile:
+            return {"critic": self.critic, "generator": self.generator}
+        for term in self.penalty_terms:
+            if term.needs_double_backward:
+                raise ConfigError(
+                    "compile",
+                    f"torch.compile does not support the double backward of the exact "
+                    f"{term.name} penalty; use a finite-difference estimator "
+                    "(model.penalty.estimator=finite_difference for r1, r2) or compile=false",
+                )
+        return {"critic": torch.compile(self.critic), "generator": torch.compile(self.generator)}
 
     # --- the objective's parts -----------------------------------------------------------------
 
@@ -246,11 +292,11 @@ class GANModule(LitGPModule):
             )
         ]
         schedulers = [
-            call_factory(factory, name, optimizer)
-            for (name, factory), optimizer in zip(
-                self._scheduler_factories.items(), optimizers, strict=True
+            call_factory(factory, key, optimizer)
+            for factories, optimizer in zip(
+                self._scheduler_factories.values(), optimizers, strict=True
             )
-            if factory is not None
+            for key, factory in factories
         ]
         return optimizers, schedulers
 
@@ -292,9 +338,14 @@ class GANModule(LitGPModule):
     def critic_update(self, real: Tensor) -> dict[str, Tensor]:
         """One critic update on a real batch; returns the detached quantities to log."""
         with torch.no_grad():
-            fake = self.generator(self.noise(real.shape[0]))
+            fake = self._step_nets["generator"](self.noise(real.shape[0]))
         step = self.objective.critic_loss(
-            self.critic, real, fake, self.critic_step, self._loss_scale()
+            self._step_nets["critic"],
+            real,
+            fake,
+            self.critic_step,
+            self._loss_scale(),
+            generator_step=self.generator_step,
         )
         self.loss_terms = step.terms
         self._optimize(0, step.loss)
@@ -305,9 +356,13 @@ class GANModule(LitGPModule):
     def generator_update(self, real: Tensor, batch_size: int | None = None) -> dict[str, Tensor]:
         """One generator update on ``batch_size`` noise vectors (default: the real batch's
         size); ``real`` is the latest critic step's real batch, for losses that compare with
-        real samples. Returns the detached quantities to log."""
-        fake = self.generator(self.noise(batch_size or real.shape[0]))
-        loss, logs = self.objective.generator_loss(self.critic, fake, real)
+        real samples (the relativistic losses).
+
+        Reusing that batch, as R3GAN's loop hands both phases the same fetched images, means the
+        generator step draws nothing from the data loader: the data stream, and therefore a
+        bitwise resume, is the same whatever the loss. Returns the detached quantities to log."""
+        fake = self._step_nets["generator"](self.noise(batch_size or real.shape[0]))
+        loss, logs = self.objective.generator_loss(self._step_nets["critic"], fake, real)
         self.loss_terms = {"generator_loss": logs["generator_loss"]}
         self._optimize(1, loss)
         for scheduler in self._schedulers():
@@ -370,6 +425,10 @@ class GANModule(LitGPModule):
         modes = getattr(datamodule, "modes", None)
         if modes is not None and self.mode_coverage is None:
             self.mode_coverage = ModeCoverage(modes, datamodule.mode_std).to(self.device)
+        reference_samples = getattr(datamodule, "reference_samples", None)
+        if data_shape is not None and len(data_shape) == 1 and reference_samples is not None:
+            # Point data (the toy sets): the exact W1 distance to as many real points.
+            self.distance_reference = torch.as_tensor(reference_samples(self.num_eval_samples))
 
     def on_fit_start(self) -> None:
         # seed_everything (and the spawn launcher) give every rank the same random state:
@@ -403,12 +462,16 @@ class GANModule(LitGPModule):
             f"val/{self.adversarial_loss.gap_name}": self.score_gap.compute(),
             GENERATOR_STEP_KEY: float(self.generator_step),
         }
+        if self.mode_coverage is not None or self.distance_reference is not None:
+            samples = self.sample(self.num_eval_samples)
         if self.mode_coverage is not None:
             self.mode_coverage.reset()
-            self.mode_coverage.update(self.sample(self.num_eval_samples))
+            self.mode_coverage.update(samples)
             coverage = self.mode_coverage.compute()
             logs["val/modes_covered"] = coverage["modes_covered"]
             logs["val/high_quality_fraction"] = coverage["high_quality_fraction"]
+        if self.distance_reference is not None:
+            logs["val/w1_distance"] = wasserstein_1(samples, self.distance_reference)
         self.log_dict(logs, on_step=False, on_epoch=True)
 
     # --- checkpoints ---------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 Each loss has a critic side ``critic(real_scores, fake_scores)`` and a generator side
 ``generator(fake_scores)`` (or ``generator(fake_scores, real_scores)`` for a loss that compares
-generated with real samples, ``generator_needs_real``); any of them can be combined with any
-gradient penalty. A new loss is one :class:`AdversarialLoss` passed to :func:`register_loss`
-(then ``model.loss=<name>``), or any module-level AdversarialLoss named by its dotted path
-(``model.loss=my_package.losses.MY_LOSS``).
+generated with real samples, ``generator_needs_real``: the relativistic losses); any of them
+can be combined with any gradient penalty. A new loss is one :class:`AdversarialLoss` passed to
+:func:`register_loss` (then ``model.loss=<name>``), or any module-level AdversarialLoss named by
+its dotted path (``model.loss=my_package.losses.MY_LOSS``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,34 @@ def hinge_generator(fake_scores: Tensor) -> Tensor:
     return -fake_scores.mean()
 
 
+def relativistic_pairing_critic(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """E[softplus(-(D(x_i) - D(G(z_i))))] over pairs (RpGAN; Jolicoeur-Martineau 2018, the loss
+    of R3GAN, Huang et al. 2024): each real sample is compared with the generated one beside it."""
+    return F.softplus(-(real_scores - fake_scores)).mean()
+
+
+def relativistic_pairing_generator(fake_scores: Tensor, real_scores: Tensor) -> Tensor:
+    """E[softplus(-(D(G(z_i)) - D(x_i)))] over pairs."""
+    return F.softplus(-(fake_scores - real_scores)).mean()
+
+
+def relativistic_average_critic(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """RaGAN (Jolicoeur-Martineau 2018): E[softplus(-(D(x) - E D(G(z))))] +
+    E[softplus(D(G(z)) - E D(x))], each sample against the other side's batch mean."""
+    return (
+        F.softplus(-(real_scores - fake_scores.mean())).mean()
+        + F.softplus(fake_scores - real_scores.mean()).mean()
+    )
+
+
+def relativistic_average_generator(fake_scores: Tensor, real_scores: Tensor) -> Tensor:
+    """E[softplus(-(D(G(z)) - E D(x)))] + E[softplus(D(x) - E D(G(z)))]."""
+    return (
+        F.softplus(-(fake_scores - real_scores.mean())).mean()
+        + F.softplus(real_scores - fake_scores.mean()).mean()
+    )
+
+
 @dataclass(frozen=True)
 class AdversarialLoss:
     """A named pair of critic-side and generator-side losses.
@@ -70,6 +98,9 @@ class AdversarialLoss:
     generator: Callable[..., Tensor]
     generator_needs_real: bool = False
     gap_name: str = "critic_gap"
+    # Whether the critic side compares sample i of the real batch with sample i of the fake
+    # batch (so both batches must have the same size).
+    paired: bool = False
 
     def generator_loss(self, fake_scores: Tensor, real_scores: Tensor | None = None) -> Tensor:
         """The generator's loss (``real_scores`` only read when ``generator_needs_real``)."""
@@ -96,6 +127,23 @@ NON_SATURATING = register_loss(
     AdversarialLoss("non_saturating", non_saturating_critic, non_saturating_generator)
 )
 HINGE = register_loss(AdversarialLoss("hinge", hinge_critic, hinge_generator))
+RELATIVISTIC_PAIRING = register_loss(
+    AdversarialLoss(
+        "relativistic_pairing",
+        relativistic_pairing_critic,
+        relativistic_pairing_generator,
+        generator_needs_real=True,
+        paired=True,
+    )
+)
+RELATIVISTIC_AVERAGE = register_loss(
+    AdversarialLoss(
+        "relativistic_average",
+        relativistic_average_critic,
+        relativistic_average_generator,
+        generator_needs_real=True,
+    )
+)
 
 
 def get_loss(name: str | AdversarialLoss) -> AdversarialLoss:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from hydra.utils import get_method
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_gp import penalties
 from lit_gp.config import Spec, build, is_spec, plain
@@ -28,6 +28,7 @@ from lit_gp.errors import ConfigError, check_int
 from lit_gp.losses import AdversarialLoss
 from lit_gp.penalties import PenaltyResult
 from lit_gp.penalty_weights import WeightController
+from lit_gp.schedules import Schedule, check_schedule
 
 Critic = Callable[[Tensor], Tensor]
 Reduce = Callable[[Tensor], Tensor]
@@ -41,6 +42,10 @@ def _takes_loss_scale(function: Callable[..., Any]) -> bool:
     return "loss_scale" in parameters or any(
         parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
     )
+
+
+# Keys of a penalty term's spec that are not options of the penalty function.
+TERM_KEYS = ("every", "schedule", "weight_controller")
 
 
 def _penalty_from_spec(spec: Spec) -> tuple[Callable[..., PenaltyResult], int]:
@@ -57,7 +62,11 @@ def _penalty_from_spec(spec: Spec) -> tuple[Callable[..., PenaltyResult], int]:
         raise ConfigError(
             "_target_", f"must be a registered penalty ({names}, ...), got {target!r}"
         )
-    options = {key: value for key, value in plain(spec).items() if not key.startswith("_")}
+    options = {
+        key: value
+        for key, value in plain(spec).items()
+        if not key.startswith("_") and key not in ("schedule", "weight_controller")
+    }
     every = options.pop("every", 1)
     check_int("every", every)
     method.check(options)
@@ -74,7 +83,10 @@ class PenaltyTerm:
         every: lazy regularization (StyleGAN2): the penalty on every k-th critic step only,
             its loss multiplied by k so that the average stays the same.
         controller: the weight controller (None: the configured weight, fixed).
-        name: the term's name, for messages and checkpoints (default: the penalty's name).
+        name: the term's name, for messages, logs and checkpoints (default: the penalty's name).
+        schedule: a factor on the weight as a function of the generator step
+            (:mod:`lit_gp.schedules`; None: 1). It multiplies whatever the controller sets, and
+            it is a pure function of the generator step, which checkpoints keep.
     """
 
     def __init__(
@@ -83,12 +95,16 @@ class PenaltyTerm:
         every: int = 1,
         controller: WeightController | None = None,
         name: str | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         check_int("every", every)
         self.function = function
         self.every = every
+        self.schedule = check_schedule(schedule)
         self.method = penalties.method_of(function)
         self.name = name or (self.method.name if self.method else "penalty")
+        # A term named in the config logs under its name even when it is the only one.
+        self.named = name is not None
         self.options: dict[str, Any] = dict(getattr(function, "keywords", {}) or {})
         self.takes_loss_scale = _takes_loss_scale(function)
         self.controller = WeightController() if controller is None else controller
@@ -114,17 +130,29 @@ class PenaltyTerm:
         cls,
         penalty: Callable[..., PenaltyResult] | Spec,
         controller: WeightController | Spec | None = None,
+        name: str | None = None,
+        key: str = "penalty",
     ) -> PenaltyTerm:
-        """A term from a penalty spec (``{_target_, every, **options}``) or callable and a
-        controller spec or object; ConfigErrors name ``penalty.<option>`` or
-        ``weight_controller.<option>``."""
-        every = 1
+        """A term from a penalty spec (``{_target_, every, schedule, weight_controller,
+        **options}``) or callable, and the controller to use when the spec names none;
+        ConfigErrors name ``<key>.<option>`` or ``weight_controller.<option>``."""
+        every, schedule = 1, None
         if is_spec(penalty):
+            if penalty.get("weight_controller") is not None:
+                controller = penalty["weight_controller"]
+                controller_key = f"{key}.weight_controller"
+            else:
+                controller_key = "weight_controller"
             try:
-                penalty, every = _penalty_from_spec(penalty)
+                schedule = build(penalty.get("schedule"), "schedule")
+                function, every = _penalty_from_spec(penalty)
+                term_controller = build(controller, controller_key)
+                return cls(function, every, term_controller, name, schedule)
             except ConfigError as error:
-                raise error.with_prefix("penalty") from None
-        return cls(penalty, every, build(controller, "weight_controller"))
+                if error.key.startswith(controller_key):
+                    raise
+                raise error.with_prefix(key) from None
+        return cls(penalty, every, build(controller, "weight_controller"), name, schedule)
 
     @property
     def allows_batch_norm(self) -> bool:
@@ -144,21 +172,34 @@ class PenaltyTerm:
         """Whether the penalty is computed at this critic step (lazy regularization)."""
         return critic_step % self.every == 0
 
+    @property
+    def needs_double_backward(self) -> bool:
+        """Whether the penalty differentiates an input gradient (torch.compile cannot); an
+        unregistered callable is assumed to."""
+        return self.method is None or self.method.needs_double_backward(self.options)
+
     def loss(
-        self, critic: Critic, real: Tensor, fake: Tensor, loss_scale: float | None = None
+        self,
+        critic: Critic,
+        real: Tensor,
+        fake: Tensor,
+        loss_scale: float | None = None,
+        generator_step: int = 0,
     ) -> Tensor:
         """The term added to the critic's loss at a step where it is due (the penalty through
-        the controller, times ``every``); also keeps the result and the values to log."""
+        the controller, times the schedule's factor at ``generator_step``, times ``every``);
+        also keeps the result and the values to log."""
         if self.takes_loss_scale and loss_scale is not None:
             result = self.function(critic, real, fake, loss_scale=loss_scale)
         else:
             result = self.function(critic, real, fake)
-        term = self.every * self.controller.loss(result)
+        factor = self.schedule(generator_step)
+        term = (self.every * factor) * self.controller.loss(result)
         self.result = result
         norm = result.grad_norm
         self.logs = {
             "penalty": (term / self.every).detach(),
-            "penalty_weight": torch.tensor(float(self.controller.weight)),
+            "penalty_weight": torch.tensor(float(self.controller.weight) * factor),
             "grad_norm_mean": norm.mean(),
             "grad_norm_max": norm.max(),
             "grad_norm_fraction_above_1": (norm > 1).float().mean(),
@@ -195,6 +236,63 @@ class PenaltyTerm:
         self.controller.load_state_dict(dict(state.get("state", {})))
 
 
+def build_penalty_terms(
+    penalty: Callable[..., PenaltyResult] | Spec | None,
+    weight_controller: WeightController | Spec | None = None,
+) -> list[PenaltyTerm]:
+    """The penalty terms of a model's ``penalty`` setting: None (no penalty), a callable, one
+    spec (``{_target_: lit_gp.penalties.r1, ...}``), or several by name
+    (``{r1: {_target_: ...}, r2: {_target_: ...}}``; a name set to null drops that term).
+    ``weight_controller`` controls every term whose spec names no ``weight_controller`` of its
+    own (each term gets its own instance)."""
+    if penalty is None:
+        named: dict[str, Any] = {}
+    elif is_spec(penalty) and "_target_" not in penalty:
+        named = {str(name): spec for name, spec in penalty.items() if spec is not None}
+        for name, spec in named.items():
+            if not (callable(spec) or (is_spec(spec) and "_target_" in spec)):
+                raise ConfigError(
+                    f"penalty.{name}",
+                    "must be a penalty spec with a _target_ (e.g. lit_gp.penalties.r1) or null",
+                )
+        if len(named) > 1 and weight_controller is not None and not is_spec(weight_controller):
+            raise ConfigError(
+                "weight_controller",
+                "one controller object cannot control several penalties; give a spec, which "
+                "builds one controller per penalty",
+            )
+    else:
+        return [PenaltyTerm.from_spec(penalty, weight_controller)]
+    terms = [
+        PenaltyTerm.from_spec(spec, weight_controller, name=name, key=f"penalty.{name}")
+        for name, spec in named.items()
+    ]
+    if not terms and weight_controller is not None:
+        raise ConfigError("weight_controller", "needs a penalty to control")
+    return terms
+
+
+class ScoredCritic(nn.Module):
+    """The critic, remembering the scores it already gave this step's real and fake batches.
+
+    Called on one of those very tensors (the same object), it returns the scores from the
+    adversarial pass instead of scoring again: a penalty that needs D at the data points (the
+    finite-difference estimator) then costs no extra forward pass, and its gradient flows
+    through the same graph. Any other input is scored by the critic.
+    """
+
+    def __init__(self, critic: Critic, scored: Sequence[tuple[Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.critic = critic
+        self.scored = list(scored)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        for batch, scores in self.scored:
+            if inputs is batch:
+                return scores
+        return self.critic(inputs)
+
+
 @dataclass
 class CriticStep:
     """What the critic phase computed: the loss to minimize and the detached values around it."""
@@ -228,9 +326,10 @@ class GANObjective:
 
     def score(self, critic: Critic, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
         """Critic scores of a real and a fake batch, in one call when ``fused_critic_pass``."""
+        fake = fake.to(real.dtype)
         if not self.fused_critic_pass:
             return critic(real), critic(fake)
-        scores = critic(torch.cat([real, fake.to(real.dtype)]))
+        scores = critic(torch.cat([real, fake]))
         return scores[: real.shape[0]], scores[real.shape[0] :]
 
     def critic_loss(
@@ -240,9 +339,12 @@ class GANObjective:
         fake: Tensor,
         critic_step: int,
         loss_scale: float | None = None,
+        generator_step: int = 0,
     ) -> CriticStep:
         """The critic's loss on a real and a (detached) fake batch at critic step
-        ``critic_step``: the adversarial loss plus every penalty term due at that step."""
+        ``critic_step``: the adversarial loss plus every penalty term due at that step (with
+        its schedule at ``generator_step``)."""
+        fake = fake.to(real.dtype)
         real_scores, fake_scores = self.score(critic, real, fake)
         adversarial = self.adversarial_loss.critic(real_scores, fake_scores)
         step = CriticStep(
@@ -253,9 +355,10 @@ class GANObjective:
                 self.adversarial_loss.gap_name: (real_scores.mean() - fake_scores.mean()).detach(),
             },
         )
+        scored = ScoredCritic(critic, [(real, real_scores), (fake, fake_scores)])
         for term in self.terms:
             if term.due(critic_step):
-                penalty = term.loss(critic, real, fake, loss_scale)
+                penalty = term.loss(scored, real, fake, loss_scale, generator_step)
                 step.loss = step.loss + penalty
                 step.terms[self._key(term, "penalty")] = term.logs["penalty"]
             # The latest penalty statistics, also on steps that skip a lazy penalty.
@@ -263,8 +366,11 @@ class GANObjective:
         return step
 
     def _key(self, term: PenaltyTerm, key: str) -> str:
-        # One penalty logs under plain names (train/penalty); several under their own names.
-        return key if len(self.terms) == 1 else f"{key}/{term.name}"
+        # One unnamed penalty logs under plain names (train/penalty); named or several penalties
+        # under their own names (train/penalty/r1).
+        if len(self.terms) == 1 and not term.named:
+            return key
+        return f"{key}/{term.name}"
 
     def after_critic_step(self, reduce: Reduce | None = None) -> None:
         """Move every weight controller with the step just taken."""

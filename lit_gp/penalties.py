@@ -2,11 +2,18 @@
 
 Every penalty is "take the critic's input gradient at some points, then penalise its per-sample
 L2 norm". The points come from a sampler (interpolates, real, fake, perturbed real, real and
-fake); the norm goes through one shape (two-sided, one-sided, zero-centred, power). A named
-method is one function decorated with :func:`register_penalty`, which declares everything the
-rest of the package needs to know about it: where it is evaluated, which option scales it, the
-gradient norm it pulls towards (for weight controllers) and the allowed values of its options.
-The decorated function is called as ``name(critic, real, fake, **options)``.
+fake); the norm goes through one shape (two-sided, one-sided, zero-centred, power) and one
+reduction over the batch (the mean, or the maximum for MaxGP). A named method is one function
+decorated with :func:`register_penalty`, which declares everything the rest of the package needs
+to know about it: where it is evaluated, which option scales it, the gradient norm it pulls
+towards (for weight controllers), the allowed values of its options and whether it needs the
+double backward (a penalty on an input gradient taken with ``create_graph=True``; torch.compile
+refuses it). The decorated function is called as ``name(critic, real, fake, **options)``.
+
+The zero-centred penalties R1 and R2 have a second estimator of ||grad D(x)||^2 that needs no
+double backward (``estimator="finite_difference"``, see :func:`finite_difference_penalty`): the
+mean over random directions u ~ N(0, I) of (D(x + sigma u) - D(x))^2 / sigma^2, trained by an
+ordinary backward through both critic calls.
 
 A new penalty is that one function plus a ``conf/model/<name>.yaml`` naming it as
 ``model.penalty._target_``; nothing else has to change (``tests/test_registry.py`` proves it).
@@ -23,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_gp.errors import ConfigError, check_number
+from lit_gp.errors import ConfigError, check_int, check_number
 
 Critic = Callable[[Tensor], Tensor]
 # An option's check: (key, value) -> None, raising ConfigError on a bad value.
@@ -35,8 +42,10 @@ class PenaltyResult:
     """What a penalty returns.
 
     ``loss`` is the weighted scalar penalty, differentiable with respect to the critic's
-    parameters (double backward). ``grad_norm`` is the per-sample L2 norm of dD/dx over all
-    non-batch dimensions at the evaluation points, detached (it is for logging).
+    parameters (through the double backward, or for the finite-difference estimator through
+    the critic's ordinary backward). ``grad_norm`` is the per-sample L2 norm of dD/dx over all
+    non-batch dimensions at the evaluation points, detached (it is for logging; the
+    finite-difference estimator gives the square root of its estimate of the squared norm).
     ``squared_norm`` is the per-sample squared norm still in the graph, for penalty-weight
     controllers that build their own term from it (an augmented Lagrangian).
     """
@@ -56,6 +65,34 @@ def at_least(minimum: float) -> Rule:
 
 def _check_at_least(key: str, value: Any, minimum: float) -> None:
     check_number(key, value, minimum)
+
+
+def greater_than(minimum: float) -> Rule:
+    """A rule: a finite number > ``minimum``."""
+    return functools.partial(_check_greater_than, minimum=minimum)
+
+
+def _check_greater_than(key: str, value: Any, minimum: float) -> None:
+    check_number(key, value, minimum, strict=True)
+
+
+def integer_at_least(minimum: int) -> Rule:
+    """A rule: an integer >= ``minimum`` (bools and floats such as 1.0 refused)."""
+    return functools.partial(_check_integer_at_least, minimum=minimum)
+
+
+def _check_integer_at_least(key: str, value: Any, minimum: int) -> None:
+    check_int(key, value, minimum)
+
+
+def one_of(*choices: str) -> Rule:
+    """A rule: one of the strings ``choices``."""
+    return functools.partial(_check_one_of, choices=choices)
+
+
+def _check_one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_bool(key: str, value: Any) -> None:
@@ -181,10 +218,14 @@ def gradient_penalty(
     target: float = 1.0,
     one_sided: bool = False,
     power: float = 2.0,
+    reduction: str = "mean",
     loss_scale: float | None = None,
 ) -> PenaltyResult:
     """weight * E[ f(||dD/dx||) ] at ``points`` with f(n) = |n - target|^power, or
-    max(0, n - target)^power when ``one_sided``."""
+    max(0, n - target)^power when ``one_sided``; ``reduction="max"`` takes the maximum over the
+    batch instead of the mean E (MaxGP)."""
+    if reduction not in ("mean", "max"):
+        raise ValueError(f"reduction must be mean or max, got {reduction!r}")
     gradient = input_gradient(critic, points, loss_scale).flatten(1)
     squared_norm = gradient.pow(2).sum(dim=1)
     if target == 0 and power == 2:
@@ -198,10 +239,61 @@ def gradient_penalty(
         if one_sided:
             deviation = deviation.clamp(min=0)
         per_point = deviation.abs().pow(power)
+    # The maximum's backward reaches the largest point only (ties share it evenly).
+    reduced = per_point.mean() if reduction == "mean" else per_point.max()
     return PenaltyResult(
-        loss=weight * per_point.mean(),
+        loss=weight * reduced,
         grad_norm=squared_norm.detach().sqrt(),
         squared_norm=squared_norm,
+    )
+
+
+def finite_difference_penalty(
+    critic: Critic,
+    points: Tensor,
+    *,
+    weight: float,
+    sigma: float = 0.01,
+    directions: int = 1,
+) -> PenaltyResult:
+    """weight * E_x[s(x)], a zero-centred penalty whose ||grad D(x)||^2 is estimated without
+    the input gradient (approximate R1 of Lin et al. 2025, "Diffusion Adversarial Post-Training
+    for One-Step Video Generation"):
+
+        s(x) = (1 / K) sum_k (D(x + sigma u_k) - D(x))^2 / sigma^2,  u_k ~ N(0, I),
+
+    K = ``directions`` draws of the shape of x, independent per sample and direction. For a
+    linear critic E[s(x)] = ||grad D||^2 exactly; a curved critic adds a bias of order sigma^2
+    (for D = 0.5 x^T A x + b.x it is sigma^2 / 4 * (tr(A)^2 + 2 ||A||_F^2)). The loss trains
+    the critic through both D(x) and D(x + sigma u) with an ordinary backward: no double
+    backward, so it also runs under torch.compile and with critics that have none.
+
+    D(x) is ``critic(points)`` called with the very tensor received (a caller may hand in a
+    critic that returns the scores it already computed for that tensor, so D(x) costs no
+    extra pass), and the K * B perturbed points go through the critic in one further call. A
+    critic with several outputs per sample is scored by their sum, as the exact penalty's
+    input gradient is. ``points`` should not require grad (data, or detached samples).
+
+    The difference is taken in (at least) float32. Under bf16 autocast the critic's outputs
+    carry about 3 significant digits (8 bits; fp16 about 3.3), so a difference of size
+    sigma * ||grad D|| with sigma = 0.01 drowns in the rounding of D itself: use a much larger
+    sigma there (the bias above grows as sigma^2) or train the critic in 32-true.
+    """
+    batch = points.shape[0]
+    noise = torch.randn((directions, *points.shape), device=points.device, dtype=points.dtype)
+    shifted_points = (points.unsqueeze(0) + sigma * noise).flatten(0, 1)
+    # Two separate calls: D(x) on the very tensor received (a cache may answer it), then every
+    # perturbed point at once.
+    scores = critic(points)
+    shifted_scores = critic(shifted_points)
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    base = scores.to(dtype).reshape(batch, -1).sum(1)
+    shifted = shifted_scores.to(dtype).reshape(directions, batch, -1).sum(2)
+    estimate = ((shifted - base) / sigma).pow(2).mean(0)
+    return PenaltyResult(
+        loss=weight * estimate.mean(),
+        grad_norm=estimate.detach().clamp(min=0).sqrt(),
+        squared_norm=estimate,
     )
 
 
@@ -227,6 +319,9 @@ class PenaltyMethod:
             target take it from here.
         defaults: every option's default value (the body's and the sampler's).
         rules: every option's check.
+        double_backward: whether the penalty differentiates an input gradient (taken with
+            ``create_graph=True``), which torch.compile refuses: a bool, or a function of the
+            options (defaults filled in) for a penalty whose estimator is an option.
     """
 
     name: str
@@ -236,6 +331,7 @@ class PenaltyMethod:
     norm_target: str | float
     defaults: Mapping[str, Any] = field(default_factory=dict)
     rules: Mapping[str, Rule] = field(default_factory=dict)
+    double_backward: bool | Callable[[Mapping[str, Any]], bool] = True
 
     def check(self, options: Mapping[str, Any]) -> None:
         """Refuse unknown option names and out-of-range values (ConfigError on the option)."""
@@ -257,6 +353,13 @@ class PenaltyMethod:
     def scale_value(self, options: Mapping[str, Any]) -> float:
         """The configured value of the scale option (the penalty's initial weight)."""
         return float(self.option(self.scale, options))
+
+    def needs_double_backward(self, options: Mapping[str, Any] | None = None) -> bool:
+        """Whether the penalty with these options (missing ones at their defaults) takes a
+        double backward; code that compiles the critic refuses those."""
+        if callable(self.double_backward):
+            return bool(self.double_backward({**self.defaults, **(options or {})}))
+        return bool(self.double_backward)
 
     def target_value(self, options: Mapping[str, Any]) -> float:
         """The gradient norm the penalty pulls towards, with these options."""
@@ -283,6 +386,7 @@ def register_penalty(
     scale: str,
     norm_target: str | float,
     rules: Mapping[str, Rule],
+    double_backward: bool | Callable[[Mapping[str, Any]], bool] = True,
 ) -> Callable[[Callable[..., PenaltyResult]], Callable[..., PenaltyResult]]:
     """Register a penalty. Decorates ``body(critic, points, *, <options>, [loss_scale])``, the
     penalty at given points, and returns the public ``name(critic, real, fake, *, <options>,
@@ -292,10 +396,16 @@ def register_penalty(
 
     ``scale`` names the option the penalty is linear in, ``norm_target`` the option holding the
     norm it pulls towards or that norm as a number, ``rules`` the checks of the body's options
-    (every option needs one).
+    (every option needs one). ``double_backward`` declares whether the body differentiates an
+    input gradient (:func:`input_gradient`, ``create_graph=True``): True (the default, as for
+    every penalty built on :func:`gradient_penalty`), False, or a function of the options with
+    their defaults filled in (R1 and R2: only with ``estimator="exact"``); read it through
+    :meth:`PenaltyMethod.needs_double_backward`.
     """
     if points not in POINTS:
         raise ValueError(f"points must be one of {', '.join(POINTS)}, got {points!r}")
+    if not (isinstance(double_backward, bool) or callable(double_backward)):
+        raise ValueError(f"double_backward must be a bool or callable, got {double_backward!r}")
     sampler = POINTS[points]
 
     def decorate(body: Callable[..., PenaltyResult]) -> Callable[..., PenaltyResult]:
@@ -346,6 +456,7 @@ def register_penalty(
             norm_target=norm_target,
             defaults=defaults,
             rules=all_rules,
+            double_backward=double_backward,
         )
         penalty.penalty_method = method  # type: ignore[attr-defined]
         REGISTRY[method.name] = method
@@ -443,20 +554,105 @@ def dragan(
     return gradient_penalty(critic, points, weight=weight, target=target, loss_scale=loss_scale)
 
 
-@register_penalty(points="real", scale="gamma", norm_target=0.0, rules={"gamma": at_least(0)})
+# The options of the zero-centred penalties on the samples (R1, R2): the estimator of
+# ||grad D(x)||^2 and, for the finite-difference one, its step and number of directions.
+ESTIMATORS = ("exact", "finite_difference")
+_ZERO_CENTRED_RULES: dict[str, Rule] = {
+    "gamma": at_least(0),
+    "estimator": one_of(*ESTIMATORS),
+    "sigma": greater_than(0),
+    "directions": integer_at_least(1),
+}
+
+
+def _exact_estimator(options: Mapping[str, Any]) -> bool:
+    # Anything but the finite-difference estimator counts as exact (the safe answer).
+    return options.get("estimator") != "finite_difference"
+
+
+def _zero_centred(
+    critic: Critic,
+    points: Tensor,
+    *,
+    gamma: float,
+    estimator: str,
+    sigma: float,
+    directions: int,
+    loss_scale: float | None,
+) -> PenaltyResult:
+    """(gamma / 2) * E[||grad D(x)||^2] at ``points``, exact or by finite differences."""
+    if estimator == "finite_difference":
+        # No input gradient is taken, so there is nothing for an fp16 loss scale to protect.
+        return finite_difference_penalty(
+            critic, points, weight=gamma / 2, sigma=sigma, directions=directions
+        )
+    return gradient_penalty(critic, points, weight=gamma / 2, target=0.0, loss_scale=loss_scale)
+
+
+@register_penalty(
+    points="real",
+    scale="gamma",
+    norm_target=0.0,
+    rules=_ZERO_CENTRED_RULES,
+    double_backward=_exact_estimator,
+)
 def r1(
-    critic: Critic, points: Tensor, *, gamma: float = 10.0, loss_scale: float | None = None
+    critic: Critic,
+    points: Tensor,
+    *,
+    gamma: float = 10.0,
+    estimator: str = "exact",
+    sigma: float = 0.01,
+    directions: int = 1,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
-    """R1 (Mescheder et al. 2018): (gamma / 2) * E_real[||grad D(x)||^2]."""
-    return gradient_penalty(critic, points, weight=gamma / 2, target=0.0, loss_scale=loss_scale)
+    """R1 (Mescheder et al. 2018): (gamma / 2) * E_real[||grad D(x)||^2].
+
+    ``estimator="exact"`` takes the input gradient (double backward); ``"finite_difference"``
+    estimates ||grad D(x)||^2 by the mean over ``directions`` draws u ~ N(0, I) of
+    (D(x + sigma u) - D(x))^2 / sigma^2 with no double backward (approximate R1, Lin et al.
+    2025; see :func:`finite_difference_penalty`, including its warning on bf16). ``sigma`` and
+    ``directions`` are ignored by the exact estimator.
+    """
+    return _zero_centred(
+        critic,
+        points,
+        gamma=gamma,
+        estimator=estimator,
+        sigma=sigma,
+        directions=directions,
+        loss_scale=loss_scale,
+    )
 
 
-@register_penalty(points="fake", scale="gamma", norm_target=0.0, rules={"gamma": at_least(0)})
+@register_penalty(
+    points="fake",
+    scale="gamma",
+    norm_target=0.0,
+    rules=_ZERO_CENTRED_RULES,
+    double_backward=_exact_estimator,
+)
 def r2(
-    critic: Critic, points: Tensor, *, gamma: float = 10.0, loss_scale: float | None = None
+    critic: Critic,
+    points: Tensor,
+    *,
+    gamma: float = 10.0,
+    estimator: str = "exact",
+    sigma: float = 0.01,
+    directions: int = 1,
+    loss_scale: float | None = None,
 ) -> PenaltyResult:
-    """R2 (Mescheder et al. 2018): (gamma / 2) * E_fake[||grad D(x)||^2]."""
-    return gradient_penalty(critic, points, weight=gamma / 2, target=0.0, loss_scale=loss_scale)
+    """R2 (Mescheder et al. 2018): (gamma / 2) * E_fake[||grad D(x)||^2], with the estimators
+    of :func:`r1`."""
+    return _zero_centred(
+        critic,
+        points,
+        gamma=gamma,
+        estimator=estimator,
+        sigma=sigma,
+        directions=directions,
+        loss_scale=loss_scale,
+    )
 
 
 def _power_at_least_one(key: str, value: Any) -> None:
@@ -485,8 +681,26 @@ def wgan_div(
     return gradient_penalty(critic, points, weight=k, target=0.0, power=p, loss_scale=loss_scale)
 
 
+@register_penalty(
+    points="interpolates", scale="weight", norm_target=0.0, rules={"weight": at_least(0)}
+)
+def max_gp(
+    critic: Critic, points: Tensor, *, weight: float = 10.0, loss_scale: float | None = None
+) -> PenaltyResult:
+    """MaxGP (Zhou et al. 2019, "Lipschitz Generative Adversarial Nets"): weight *
+    max_i ||grad D(x_hat_i)||^2 over the batch, on interpolates x_hat = eps * real +
+    (1 - eps) * fake with one eps per sample, as StudioGAN's ``cal_maxgrad_penalty``
+    (POSTECH-CVLab/PyTorch-StudioGAN, src/utils/losses.py). Default weight 10: StudioGAN has no
+    default for ``maxgp_lambda`` ("N/A" in src/config.py) and sets 10.0 in its MaxGP config
+    src/configs/CIFAR10/LGAN.yaml (with the vanilla, i.e. non-saturating, loss and its default
+    of 5 critic steps)."""
+    return gradient_penalty(
+        critic, points, weight=weight, target=0.0, reduction="max", loss_scale=loss_scale
+    )
+
+
 # The built-in penalties by name (the registry also holds any registered elsewhere).
 METHODS: dict[str, Callable[..., PenaltyResult]] = {
     name: REGISTRY[name].function
-    for name in ("wgan_gp", "wgan_lp", "zero_gp", "dragan", "r1", "r2", "wgan_div")
+    for name in ("wgan_gp", "wgan_lp", "zero_gp", "dragan", "r1", "r2", "wgan_div", "max_gp")
 }

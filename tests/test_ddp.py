@@ -23,7 +23,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 STRATEGY = "ddp_find_unused_parameters_true"  # conf/trainer/ddp.yaml
-PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi")
+PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi", "r3gan")
 TOLERANCE = 1e-6
 
 WORKER = r'''
@@ -56,6 +56,26 @@ CASES = {
     "r1_lazy": ({**R1, "every": 2}, "non_saturating", "parity", False),
     # An adaptive weight: its signal (the gradient norms) is averaged over the ranks.
     "wgan_gp_pi": (WGAN_GP, "wasserstein", "parity", False),
+    # Two penalty terms (R1 lazy, R2 with a weight schedule) and the relativistic pairing loss,
+    # whose generator step scores the real batch too.
+    "r3gan": (
+        {
+            "r1": {**R1, "every": 2},
+            "r2": {
+                "_target_": "lit_gp.penalties.r2",
+                "gamma": 10.0,
+                "schedule": {
+                    "_target_": "lit_gp.schedules.Cosine",
+                    "start": 1.0,
+                    "end": 0.1,
+                    "steps": 3,
+                },
+            },
+        },
+        "relativistic_pairing",
+        "parity",
+        False,
+    ),
     # Wrong on purpose: every rank takes the same rows of the noise and eps draws.
     "wgan_gp_same_draws": (WGAN_GP, "wasserstein", "same_rows", False),
     # GANModule's own noise, without and with lit_gp.distributed.seed_per_rank.

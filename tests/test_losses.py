@@ -87,8 +87,52 @@ def test_hinge_generator():
     assert hinge_generator(FAKE).item() == pytest.approx(-0.375)
 
 
+def test_relativistic_pairing_on_given_scores():
+    real, fake = REAL, FAKE[:3]
+    pairs = list(zip(REAL_VALUES, FAKE_VALUES[:3], strict=True))
+    loss = get_loss("relativistic_pairing")
+    assert loss.generator_needs_real and loss.paired
+    assert loss.critic(real, fake).item() == pytest.approx(
+        _mean(_softplus(-(r - f)) for r, f in pairs)
+    )
+    # softplus(-(1 - 0)), softplus(-(-2 - 3)), softplus(-(0.5 + 2)) by hand:
+    assert loss.critic(real, fake).item() == pytest.approx(
+        (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(5)) + math.log(1 + math.exp(-2.5))) / 3
+    )
+    assert loss.generator_loss(fake, real).item() == pytest.approx(
+        _mean(_softplus(-(f - r)) for r, f in pairs)
+    )
+
+
+def test_relativistic_pairing_depends_on_the_pairing():
+    """Pairs, not batch means: swapping two fake scores changes the loss."""
+    loss = get_loss("relativistic_pairing")
+    swapped = FAKE[:3][[1, 0, 2]]
+    assert loss.critic(REAL, FAKE[:3]).item() != pytest.approx(loss.critic(REAL, swapped).item())
+
+
+def test_relativistic_average_on_given_scores():
+    loss = get_loss("relativistic_average")
+    real_mean, fake_mean = _mean(REAL_VALUES), _mean(FAKE_VALUES)
+    assert loss.generator_needs_real and not loss.paired
+    assert loss.critic(REAL, FAKE).item() == pytest.approx(
+        _mean(_softplus(-(r - fake_mean)) for r in REAL_VALUES)
+        + _mean(_softplus(f - real_mean) for f in FAKE_VALUES)
+    )
+    assert loss.generator_loss(FAKE, REAL).item() == pytest.approx(
+        _mean(_softplus(-(f - real_mean)) for f in FAKE_VALUES)
+        + _mean(_softplus(r - fake_mean) for r in REAL_VALUES)
+    )
+
+
 def test_get_loss_names():
-    assert set(LOSSES) == {"wasserstein", "non_saturating", "hinge"}
+    assert set(LOSSES) == {
+        "wasserstein",
+        "non_saturating",
+        "hinge",
+        "relativistic_pairing",
+        "relativistic_average",
+    }
     expected = {
         "wasserstein": (wasserstein_critic, wasserstein_generator),
         "non_saturating": (non_saturating_critic, non_saturating_generator),

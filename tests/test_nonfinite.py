@@ -13,7 +13,8 @@ from conftest import run_train
 from lit_gp import GANModule
 from lit_gp.callbacks import NonFiniteGuard
 from lit_gp.errors import ConfigError, NonFiniteError
-from lit_gp.objective import GANObjective
+from lit_gp.objective import GANObjective, PenaltyTerm
+from lit_gp.penalties import PenaltyResult
 from lit_gp.training import train
 
 EVERY_2 = ["generator_steps=8", "val_every_generator_steps=2", "model.n_critic=2"]
@@ -24,7 +25,7 @@ def inject_nan_scores(monkeypatch, at_generator_steps: set[int], n_critic: int =
     ``n_critic`` critic updates each), as when a critic blows up."""
     critic_loss = GANObjective.critic_loss
 
-    def nan_critic_loss(self, critic, real, fake, critic_step, loss_scale=None):
+    def nan_critic_loss(self, critic, real, fake, critic_step, loss_scale=None, **options):
         def nan_critic(x):
             return critic(x) * math.nan
 
@@ -37,10 +38,10 @@ def inject_nan_scores(monkeypatch, at_generator_steps: set[int], n_critic: int =
                 lambda self, _critic, real, fake: original(self, nan_critic, real, fake),
             )
             try:
-                return critic_loss(self, critic, real, fake, critic_step, loss_scale)
+                return critic_loss(self, critic, real, fake, critic_step, loss_scale, **options)
             finally:
                 monkeypatch.setattr(GANObjective, "score", original)
-        return critic_loss(self, critic, real, fake, critic_step, loss_scale)
+        return critic_loss(self, critic, real, fake, critic_step, loss_scale, **options)
 
     monkeypatch.setattr(GANObjective, "critic_loss", nan_critic_loss)
 
@@ -135,3 +136,22 @@ def test_train_py_reports_a_diverging_run_in_one_line(tmp_path: Path) -> None:
     assert len(errors) == 1 and "non-finite" in errors[0] and "generator step 0" in errors[0]
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("outputs/*/*/checkpoints/*.ckpt"))
+
+
+def test_each_penalty_term_is_guarded_by_name(compose_config, tmp_path: Path, monkeypatch) -> None:
+    """With several penalties (R3GAN's R1 + R2) a NaN in one term is caught and named."""
+    loss = PenaltyTerm.loss
+
+    def nan_in_r2(self, *args, **kwargs):
+        if self.name == "r2" and not hasattr(self, "exact_function"):
+            self.exact_function = self.function
+            self.function = lambda *a, **k: PenaltyResult(
+                self.exact_function(*a, **k).loss * math.nan, torch.zeros(1)
+            )
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(PenaltyTerm, "loss", nan_in_r2)
+    with pytest.raises(NonFiniteError) as caught:
+        train(compose_config("model=r3gan", *EVERY_2, "model.n_critic=1"))
+    assert "non-finite penalty/r2 in the critic update at generator step 0" in str(caught.value)
+    assert not (tmp_path / "metrics.json").exists()

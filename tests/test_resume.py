@@ -46,6 +46,8 @@ CONTROLLERS = {
 def every_kind_of_state(nets: dict, controller: str = "pi") -> GANModule:
     """A module with all the training state there is: n_critic cycle, lazy penalty phase,
     adaptive weight, EMA, learning-rate schedules."""
+    if controller == "several_terms":
+        return several_terms(nets)
     return GANModule(
         **nets,
         penalty={"_target_": "lit_gp.penalties.wgan_gp", "weight": 1.0, "every": 2},
@@ -55,6 +57,46 @@ def every_kind_of_state(nets: dict, controller: str = "pi") -> GANModule:
         critic_scheduler={"_target_": "torch.optim.lr_scheduler.LinearLR", "total_iters": 8},
         generator_scheduler={"_target_": "torch.optim.lr_scheduler.LinearLR", "total_iters": 8},
         num_eval_samples=64,
+    )
+
+
+def several_terms(nets: dict) -> GANModule:
+    """R3GAN's kind of state: two penalty terms (one lazy with an adaptive weight and a weight
+    schedule, one finite-difference estimate that draws its own noise), the relativistic pairing
+    loss, and a learning-rate and a beta2 schedule on each optimizer."""
+    cosine = {"_target_": "lit_gp.schedules.Cosine", "start": 1.0, "end": 0.1, "steps": 8}
+    schedulers = [
+        {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "T_max": 8, "eta_min": 1e-5},
+        {
+            "_target_": "lit_gp.schedules.Beta2Schedule",
+            "schedule": {**cosine, "start": 0.9, "end": 0.99},
+        },
+    ]
+    return GANModule(
+        **nets,
+        penalty={
+            "gp": {
+                "_target_": "lit_gp.penalties.wgan_gp",
+                "weight": 1.0,
+                "every": 2,
+                "schedule": cosine,
+                "weight_controller": CONTROLLERS["pi"],
+            },
+            "r2": {
+                "_target_": "lit_gp.penalties.r2",
+                "gamma": 1.0,
+                "estimator": "finite_difference",
+                "sigma": 0.05,
+            },
+        },
+        loss="relativistic_pairing",
+        n_critic=2,
+        ema_decay=0.9,
+        critic_scheduler=schedulers,
+        generator_scheduler=schedulers,
+        num_eval_samples=64,
+        critic_optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.0, 0.9]},
+        generator_optimizer={"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.0, 0.9]},
     )
 
 
@@ -91,8 +133,13 @@ def fit(module, datamodule, root: Path, steps: int, every_batch: bool = False, c
 def full_state(module: GANModule) -> dict[str, torch.Tensor]:
     """Parameters, buffers, EMA and the adaptive weight's state (its weight trajectory)."""
     state = {key: value.clone() for key, value in module.state_dict().items()}
-    for key, value in module.weight_controller.state_dict().items():
-        state[f"weight_controller.{key}"] = torch.tensor(math.nan if value is None else value)
+    for term in module.penalty_terms:
+        prefix = "weight_controller" if len(module.penalty_terms) == 1 else term.name
+        for key, value in term.controller.state_dict().items():
+            state[f"{prefix}.{key}"] = torch.tensor(math.nan if value is None else value)
+    for index, optimizer in enumerate(module.optimizers()):
+        state[f"optimizer{index}.beta2"] = torch.tensor(optimizer.param_groups[0]["betas"][1])
+        state[f"optimizer{index}.lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
     return state
 
 
@@ -122,8 +169,13 @@ def checkpoints_in_order(root: Path) -> list[Path]:
         (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "lagrangian"),
         # Dequantization noise is drawn per batch from the restored RNG.
         (DCGAN_NETS, lambda: DigitsDataModule(batch_size=256, dequantize=True), "pi"),
+        (
+            MLP_NETS,
+            lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32),
+            "several_terms",
+        ),
     ],
-    ids=["toy_pi", "toy_lagrangian", "digits_dequantized"],
+    ids=["toy_pi", "toy_lagrangian", "digits_dequantized", "several_terms"],
 )
 def test_resume_from_every_batch_is_bitwise_identical(
     nets, make_data, controller, tmp_path: Path
@@ -135,7 +187,11 @@ def test_resume_from_every_batch_is_bitwise_identical(
     )
     expected = full_state(reference)
     assert expected[
-        "weight_controller.deviation" if controller == "pi" else "weight_controller.multiplier"
+        {
+            "pi": "weight_controller.deviation",
+            "lagrangian": "weight_controller.multiplier",
+            "several_terms": "gp.deviation",
+        }[controller]
     ].isfinite()
     checkpoints = checkpoints_in_order(tmp_path)
     assert len(checkpoints) == steps * 2  # one per batch (n_critic = 2)

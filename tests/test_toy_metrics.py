@@ -136,3 +136,27 @@ def test_wasserstein_multi_batch_equals_one_batch():
 def test_wasserstein_rejects_ambiguous_shapes():
     with pytest.raises(ValueError):
         WassersteinEstimate().update(torch.zeros(4, 2), torch.zeros(4))
+
+
+def test_wasserstein_1_by_hand() -> None:
+    from lit_gp.metrics.toy import wasserstein_1
+
+    square = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    # Each point moves up by 1: W1 = 1; the same points cost nothing, in any order.
+    assert wasserstein_1(square, square + torch.tensor([0.0, 1.0])) == pytest.approx(1.0)
+    assert wasserstein_1(square, square.flip(0)) == pytest.approx(0.0)
+    # The optimal plan pairs (0,0)-(0,3) and (4,0)-(4,0): cost (3 + 0) / 2, not the crossed 2.5.
+    assert wasserstein_1(
+        torch.tensor([[0.0, 0.0], [4.0, 0.0]]), torch.tensor([[0.0, 3.0], [4.0, 0.0]])
+    ) == pytest.approx(1.5)
+
+
+def test_swiss_roll_logs_its_w1_distance(compose_config, tmp_path) -> None:
+    import json
+
+    from lit_gp.training import train
+
+    train(compose_config("data=swissroll"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["val/w1_distance"] > 0
+    assert "val/modes_covered" not in metrics

@@ -1,4 +1,5 @@
-"""Metrics for the toy 2-D data sets: mode coverage and a critic-based Wasserstein estimate."""
+"""Metrics for the toy 2-D data sets: mode coverage, the exact Wasserstein-1 distance between
+samples, and a critic-based Wasserstein estimate."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_gp.errors import ConfigError
+
+
+def wasserstein_1(samples: Tensor, reference: Tensor) -> float:
+    """The exact Wasserstein-1 distance between two equally weighted point sets (Euclidean
+    cost), by POT's network-simplex solver (``ot.emd2``): the distribution distance reported for
+    the swiss roll, which has no modes. About 4 s for 2,500 against 2,500 points on one core."""
+    import ot  # POT; imported here so that importing lit_gp stays fast
+
+    cost = ot.dist(
+        samples.detach().double().cpu().numpy(),
+        reference.detach().double().cpu().numpy(),
+        metric="euclidean",
+    )
+    return float(ot.emd2([], [], cost))
 
 
 class ModeCoverage(Metric):

@@ -1,0 +1,289 @@
+"""Which penalty should I use? Every model with its defaults on every mode benchmark, one command.
+
+    python benchmarks/quality.py                      # every cell, seeds 0 and 1, 2 parallel jobs
+    python benchmarks/quality.py --data gaussians8 --models r1 r3gan --seeds 0 1 2
+    python benchmarks/quality.py --table-only         # the table and plot from the results so far
+
+Each cell is ``python train.py model=<model> data=<data> seed=<seed>`` with everything else at
+its defaults (one torch thread per job when jobs share the cores). A finished cell writes
+``<results>/<data>/<model>/seed<seed>.json`` (its final validation metrics, wall time, command
+and machine), so the matrix can be filled over several sessions: a cell whose file exists is not
+run again (``--rerun`` forces it). Then the script writes ``<results>/quality.md`` (one markdown
+table: quality and wall time per cell, mean over seeds with the range) and ``quality.png``
+(quality against wall time, one panel per data set, one colour per model).
+
+Quality per data set: gaussians8 and gaussians25 modes covered and high-quality fraction (VEEGAN
+/ PacGAN protocol, 2,500 samples); swissroll the exact W1 distance between 2,500 generated and
+2,500 real points (``val/w1_distance``, lower is better); stacked_digits modes covered of 1,000
+and KL of the mode histogram from uniform (26,000 samples). Wall time is the whole run,
+start-up and validations included, and depends on what else the machine runs: the table states
+the jobs and threads it was measured with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = (
+    "wgan_gp",
+    "wgan_lp",
+    "zero_gp",
+    "dragan",
+    "r1",
+    "r2",
+    "wgan_div",
+    "max_gp",
+    "r3gan",
+    "r3gan_fd",
+)
+DATA = ("gaussians8", "gaussians25", "swissroll", "stacked_digits")
+# Per data set: extra overrides (the FID classifier of stacked digits is not meaningful yet) and
+# the metrics that make a cell: (key, label, format).
+EXTRA = {"stacked_digits": ["callbacks.image_metrics=null"]}
+METRICS = {
+    "gaussians8": [
+        ("val/modes_covered", "modes", "{:.1f}"),
+        ("val/high_quality_fraction", "hq", "{:.1%}"),
+    ],
+    "gaussians25": [
+        ("val/modes_covered", "modes", "{:.1f}"),
+        ("val/high_quality_fraction", "hq", "{:.1%}"),
+    ],
+    "swissroll": [("val/w1_distance", "W1", "{:.3f}")],
+    "stacked_digits": [("val/modes_covered", "modes", "{:.0f}"), ("val/mode_kl", "KL", "{:.3f}")],
+}
+
+# The metric each panel of the plot shows.
+PLOTTED = {
+    "gaussians8": "val/high_quality_fraction",
+    "gaussians25": "val/high_quality_fraction",
+    "swissroll": "val/w1_distance",
+    "stacked_digits": "val/modes_covered",
+}
+
+
+def cell_path(results: Path, data: str, model: str, seed: int) -> Path:
+    return results / data / model / f"seed{seed}.json"
+
+
+def run_cell(
+    data: str,
+    model: str,
+    seed: int,
+    threads: int,
+    results: Path,
+    work: Path,
+    timeout: float,
+    overrides: list[str],
+) -> dict:
+    """Train one cell through train.py and save its final metrics and wall time."""
+    run_dir = work / data / model / f"seed{seed}"
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        f"model={model}",
+        f"data={data}",
+        f"seed={seed}",
+        f"num_threads={threads}",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+        *EXTRA.get(data, []),
+        *overrides,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
+    start = time.perf_counter()
+    finished = subprocess.run(
+        command, cwd=work, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    wall = time.perf_counter() - start
+    metrics_file = run_dir / "metrics.json"
+    if finished.returncode != 0 or not metrics_file.exists():
+        tail = (finished.stderr or finished.stdout).strip().splitlines()[-1:]
+        print(f"failed: {data} {model} seed {seed}: {tail}", flush=True)
+        return {}
+    metrics = json.loads(metrics_file.read_text())
+    record = {
+        "data": data,
+        "model": model,
+        "seed": seed,
+        "wall_seconds": round(wall, 1),
+        "threads": threads,
+        "command": " ".join(
+            [
+                "python train.py",
+                f"model={model}",
+                f"data={data}",
+                f"seed={seed}",
+                *EXTRA.get(data, []),
+                *overrides,
+            ]
+        ),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "metrics": metrics,
+    }
+    path = cell_path(results, data, model, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    summary = ", ".join(
+        f"{label} {fmt.format(metrics[key])}" for key, label, fmt in METRICS[data] if key in metrics
+    )
+    print(f"{data} {model} seed {seed}: {summary}, {wall:.0f} s", flush=True)
+    return record
+
+
+def load_records(results: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(results.glob("*/*/seed*.json"))]
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    mean = fmt.format(statistics.fmean(values))
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def table(records: list[dict], models: list[str], data_sets: list[str]) -> str:
+    """One markdown table: a row per model, a column per data set."""
+    by_cell: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        by_cell.setdefault((record["data"], record["model"]), []).append(record)
+    header = "| model | " + " | ".join(data_sets) + " |"
+    lines = [header, "|---" * (len(data_sets) + 1) + "|"]
+    for model in models:
+        cells = []
+        for data in data_sets:
+            runs = by_cell.get((data, model), [])
+            if not runs:
+                cells.append("not run")
+                continue
+            parts = [
+                f"{label} {_spread([run['metrics'][key] for run in runs], fmt)}"
+                for key, label, fmt in METRICS[data]
+                if all(key in run["metrics"] for run in runs)
+            ]
+            minutes = statistics.fmean(run["wall_seconds"] for run in runs) / 60
+            seeds = f"{len(runs)} seed" + "s" * (len(runs) > 1)
+            cells.append(f"{', '.join(parts)}; {minutes:.1f} min; {seeds}")
+        lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], models: list[str], data_sets: list[str], path: Path) -> None:
+    """Quality against wall time: a panel per data set, a point per model (mean over seeds) and
+    its seeds as small dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(data_sets), figsize=(4.2 * len(data_sets), 3.8))
+    axes = [axes] if len(data_sets) == 1 else list(axes)
+    colours = plt.get_cmap("tab10")
+    for axis, data in zip(axes, data_sets, strict=True):
+        key, label, _ = next(m for m in METRICS[data] if m[0] == PLOTTED[data])
+        for index, model in enumerate(models):
+            runs = [r for r in records if r["data"] == data and r["model"] == model]
+            runs = [r for r in runs if key in r["metrics"]]
+            if not runs:
+                continue
+            times = [r["wall_seconds"] / 60 for r in runs]
+            values = [r["metrics"][key] for r in runs]
+            colour = colours(index % 10)
+            axis.scatter(times, values, s=10, color=colour, alpha=0.4)
+            axis.scatter(
+                statistics.fmean(times),
+                statistics.fmean(values),
+                s=50,
+                color=colour,
+                label=model,
+                edgecolors="black",
+                linewidths=0.5,
+            )
+        axis.set_title(data)
+        axis.set_xlabel("wall time (min)")
+        axis.set_ylabel(label + (" (lower is better)" if key == "val/w1_distance" else ""))
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for axis in axes[1:]:
+        for handle, name in zip(*axis.get_legend_handles_labels(), strict=True):
+            if name not in labels:
+                handles.append(handle)
+                labels.append(name)
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 10), fontsize=8)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--jobs", type=int, default=2, help="parallel training jobs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per job")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality")
+    parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per cell")
+    parser.add_argument("--rerun", action="store_true", help="run cells that have results too")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="Hydra overrides for every cell (e.g. generator_steps=1000); results then differ "
+        "from the defaults' table: use another --results folder",
+    )
+    args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+
+    if not args.table_only:
+        cells = [
+            (data, model, seed)
+            for seed in args.seeds
+            for data in args.data
+            for model in args.models
+            if args.rerun or not cell_path(args.results, data, model, seed).exists()
+        ]
+        print(f"{len(cells)} cells to run, {args.jobs} jobs x {threads} threads", flush=True)
+        args.work.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(
+                pool.map(
+                    lambda cell: run_cell(
+                        *cell, threads, args.results, args.work, args.timeout, args.override
+                    ),
+                    cells,
+                )
+            )
+
+    records = [
+        r
+        for r in load_records(args.results)
+        if r["model"] in args.models and r["data"] in args.data and r["seed"] in args.seeds
+    ]
+    if not records:
+        print("no results yet")
+        return 1
+    markdown = table(records, args.models, args.data)
+    (args.results / "quality.md").write_text(markdown + "\n")
+    plot(records, args.models, args.data, args.results / "quality.png")
+    print(markdown)
+    print(f"\nwrote {args.results / 'quality.md'} and {args.results / 'quality.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
