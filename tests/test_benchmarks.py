@@ -1,12 +1,15 @@
-"""The benchmark's FLOP count against a count by hand."""
+"""The benchmark's FLOP count against a count by hand, its rows, and its compiled table."""
 
 from __future__ import annotations
 
+import argparse
+import functools
 import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch import Tensor, nn
 
 _spec = importlib.util.spec_from_file_location(
@@ -61,3 +64,118 @@ def test_penalized_step_adds_the_hand_counted_flops(name: str) -> None:
 def test_lazy_penalty_flops_are_spread_over_its_interval() -> None:
     penalty = {"_target_": "lit_gp.penalties.wgan_gp", "every": 4}
     assert critic_step_flops(SETUP, penalty, steps=4) == UNPENALIZED + PENALTY / 4
+
+
+# The finite-difference estimator reuses the adversarial pass's D(x) and adds the critic's forward
+# on B perturbed points per direction (B x d x 1) and its weight gradient (1 x B x d); the points
+# need no input gradient (data + noise), so there is no third product.
+FINITE_DIFFERENCE_PENALTY = 2 * (2 * BATCH * DIM)
+FINITE_DIFFERENCE = {"estimator": "finite_difference", "sigma": 0.01}
+
+
+@pytest.mark.parametrize("name", ["r1", "r2"])
+@pytest.mark.parametrize("directions", [1, 4])
+def test_finite_difference_penalty_adds_a_forward_and_a_backward_per_direction(
+    name: str, directions: int
+) -> None:
+    penalty = {
+        "_target_": f"lit_gp.penalties.{name}",
+        **FINITE_DIFFERENCE,
+        "directions": directions,
+    }
+    expected = UNPENALIZED + directions * FINITE_DIFFERENCE_PENALTY
+    assert critic_step_flops(SETUP, penalty, steps=2) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "per_term"), [({}, PENALTY), (FINITE_DIFFERENCE, FINITE_DIFFERENCE_PENALTY)]
+)
+def test_named_penalties_count_each_term(options: dict, per_term: int) -> None:
+    penalty = {name: {"_target_": f"lit_gp.penalties.{name}", **options} for name in ("r1", "r2")}
+    assert critic_step_flops(SETUP, penalty, steps=2) == UNPENALIZED + 2 * per_term
+
+
+def test_critic_table_has_the_finite_difference_and_r3gan_rows() -> None:
+    configs = benchmarks_run.penalty_configs(benchmarks_run.SETUPS["toy"])
+    fd = configs["r1 finite difference"]
+    assert fd["estimator"] == "finite_difference" and fd["sigma"] == 0.01
+    assert fd["directions"] == 1 and fd["gamma"] == 10.0
+    assert configs["r2 finite difference"]["_target_"] == "lit_gp.penalties.r2"
+    assert set(configs["r1 + r2"]) == {"r1", "r2"}
+    assert configs["r1 + r2 finite difference"]["r2"] == configs["r2 finite difference"]
+    assert "max_gp" in configs
+    assert set(benchmarks_run.COMPILED_PENALTIES) <= set(configs)
+
+
+def test_toy_finite_difference_flop_ratio_lies_between_none_and_exact_r1() -> None:
+    # Deterministic counts on the real toy setup: 10/7 and 11/7 of the un-penalized step.
+    setup = benchmarks_run.SETUPS["toy"]
+    configs = benchmarks_run.penalty_configs(setup)
+    flops = {
+        name: critic_step_flops(setup, configs[name], steps=1)
+        for name in ("none", "r1", "r1 finite difference")
+    }
+    exact, estimate = flops["r1"] / flops["none"], flops["r1 finite difference"] / flops["none"]
+    assert 1.0 < estimate < exact
+    assert estimate == pytest.approx(10 / 7, abs=0.01)
+    assert exact == pytest.approx(11 / 7, abs=0.01)
+
+
+def test_flops_are_averaged_over_the_lazy_interval_only_when_there_is_one() -> None:
+    configs = benchmarks_run.penalty_configs(benchmarks_run.SETUPS["toy"])
+    intervals = {name: benchmarks_run.penalty_interval(spec) for name, spec in configs.items()}
+    assert intervals["wgan_gp lazy 16"] == intervals["r1 lazy 16"] == 16
+    assert {intervals[name] for name in configs if "lazy" not in name} == {1}
+    named = {"r1": {"_target_": "lit_gp.penalties.r1", "every": 4}, "r2": {"every": 6}}
+    assert benchmarks_run.penalty_interval(named) == 12
+
+
+# --- the compiled table, with torch.compile's eager backend (no C++ compiler, seconds) --------
+
+
+@pytest.fixture
+def dynamo_reset():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_table_has_a_row_per_step_kind_and_penalty(monkeypatch, dynamo_reset) -> None:
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    configs = {
+        "none": None,
+        "r1 finite difference": {"_target_": "lit_gp.penalties.r1", **FINITE_DIFFERENCE},
+    }
+    runs = benchmarks_run.compiled_runs(SETUP, configs, rounds=1, steps=2, warmup=2, reset=True)
+    rows = benchmarks_run.compiled_rows(runs, warmup=2)
+    assert [row[0] for row in rows] == [
+        f"{kind}, {name}" for kind in benchmarks_run.STEP_KINDS for name in configs
+    ]
+    for (_kind, _name, compiled), (run,) in runs.items():
+        assert run.error is None and run.seconds > 0
+        # Eager runs compile nothing; every compiled run compiles its graphs in its first batch
+        # (the caches are cleared before each), and nothing after the warm-up.
+        assert run.compile_steps == ((1,) if compiled else ())
+        assert (run.graphs > 0) == compiled
+    assert all(row[-1] == "0" and row[3].endswith("x") for row in rows)
+
+
+def test_a_compiler_failure_is_reported_in_the_table(monkeypatch, dynamo_reset) -> None:
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=failing_backend))
+    runs = benchmarks_run.compiled_runs(
+        SETUP, {"none": None}, rounds=2, steps=1, warmup=1, reset=False
+    )
+    compiled = runs[("critic step", "none", True)]
+    assert len(compiled) == 1  # not repeated
+    assert "no C++ compiler here" in compiled[0].error
+    row = benchmarks_run.compiled_rows(runs, warmup=1)[0]
+    assert row[3].startswith("failed: ") and "no C++ compiler here" in row[3]
+
+
+def test_only_takes_known_tables() -> None:
+    assert benchmarks_run.parse_tables("critic, compiled") == ["critic", "compiled"]
+    with pytest.raises(argparse.ArgumentTypeError):
+        benchmarks_run.parse_tables("critic,flops")
