@@ -403,7 +403,7 @@ class GANModule(LitGPModule):
         self.critic_steps_in_cycle = 0
         logs[GENERATOR_STEP_KEY] = torch.tensor(float(self.generator_step))
         self.pending_step_metrics = logs
-        self.log("generator_step", float(self.generator_step), prog_bar=True, logger=False)
+        # The progress bar (lit_gp.callbacks.GeneratorStepProgressBar) reads generator_step.
 
     # --- validation ----------------------------------------------------------------------------
 

@@ -89,6 +89,10 @@ class ResilientWandbLogger(WandbLogger):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Lightning passes anonymous=None to wandb.init, which then warns that the setting has no
+        # effect on every run.
+        if getattr(self, "_wandb_init", {}).get("anonymous", "unset") is None:
+            self._wandb_init.pop("anonymous")
         self.fallback: CSVLogger | None = None
         self._rows: list[tuple[dict[str, float], int | None]] = []
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from wandb_records import find_offline_runs, read_run
 
-from lit_gp.callbacks import ToyPlot
+from lit_gp.callbacks import ToyPlot, toy_plot
 from lit_gp.errors import ConfigError
 from lit_gp.wandb_utils import finish_wandb
 
@@ -166,3 +168,40 @@ def test_logs_image_to_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert image["captions"] == ["generator step 2"]
     # the PNG itself was written into the run directory under the logged name
     assert (run_dir / "files" / image["filenames"][0]).stat().st_size > 0
+
+
+def test_gradient_norm_field_of_a_linear_critic_is_its_weight_norm(tmp_path: Path) -> None:
+    # The figure's second panel: ||grad D|| over the plotted grid. For D(x) = w.x + b it is ||w||
+    # everywhere; the critic is left in training mode and gets no parameter gradient.
+    module = FakeGAN()
+    data = PointsData()
+    trainer = pl.Trainer(default_root_dir=str(tmp_path), logger=False)
+    trainer.datamodule = data  # what _evaluate reads
+    plot = ToyPlot(num_samples=20, grid_size=8)
+    xx, yy, zz, gg, real, fake = plot._evaluate(trainer, module)
+    assert gg.shape == xx.shape == zz.shape == (8, 8)
+    expected = float(torch.linalg.vector_norm(module.critic.weight.detach()))
+    assert np.allclose(gg, expected, rtol=1e-6)
+    assert module.critic.training
+    assert all(parameter.grad is None for parameter in module.critic.parameters())
+    image = toy_plot._render(xx, yy, zz, gg, real, fake, step=3)
+    assert image.width >= 1.8 * image.height  # two panels side by side
+
+
+@pytest.mark.parametrize(("scale", "marked"), [(1.0, True), (0.1, False)])
+def test_the_norm_one_contour_is_marked_where_the_field_crosses_it(
+    scale: float, marked: bool
+) -> None:
+    # ||grad D|| of D(x) = scale * ||x||^2 / 2 is scale * ||x||: it crosses 1 inside the plotted
+    # square [-2, 2]^2 for scale 1, nowhere for scale 0.1.
+    xs = np.linspace(-2, 2, 41)
+    xx, yy = np.meshgrid(xs, xs)
+    gg = scale * np.hypot(xx, yy)
+    fig = Figure()
+    ax = fig.add_subplot()
+    toy_plot._draw_gradient_norms(fig, ax, xx, yy, gg, np.zeros((3, 2)))
+    assert ("red: = 1" in ax.get_title()) is marked
+    levels = [list(getattr(c, "levels", [])) for c in ax.collections]
+    assert ([1.0] in levels) is marked
+    if not marked:
+        assert "all below 1" in ax.get_title()

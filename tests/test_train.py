@@ -614,7 +614,15 @@ def test_the_resolved_config_is_printed_as_a_tree_and_saved_on_rank_zero_only(
         (["callbacks=none"], ["GeneratorStepLimit"]),
         (
             ["experiment=adaptive_weight"],
-            ["GANCheckpoint", "NonFiniteGuard", "SampleGrid", "ImageMetrics", "GeneratorStepLimit"],
+            [
+                "GANCheckpoint",
+                "NonFiniteGuard",
+                "SampleGrid",
+                "ImageMetrics",
+                "GradientNormHistograms",
+                "GeneratorStepProgressBar",
+                "GeneratorStepLimit",
+            ],
         ),
     ],
 )
