@@ -136,4 +136,5 @@ def test_max_gp_config_trains(compose_config, tmp_path: Path):
     assert module.generator_step == 3
     assert module.hparams.penalty["_target_"] == "lit_gp.penalties.max_gp"
     (term,) = module.penalty_terms
-    assert term.controller.initial_weight == 10.0
+    # The toy weight of conf/base/toy_data.yaml (1; 10 on images).
+    assert term.controller.initial_weight == cfg.toy_penalty_weights.max_gp == 1.0

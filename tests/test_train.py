@@ -250,7 +250,9 @@ def test_cli_wandb_offline_without_login_logs_everything(tmp_path: Path) -> None
     result = run_train(*CLI_FAST, "logger=wandb", "hydra.run.dir=run", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     sync_lines = [line for line in result.stdout.splitlines() if "wandb sync" in line]
-    assert len(sync_lines) == 1 and sync_lines[0].startswith("W&B: no login found")
+    # Once at the start, once in the end-of-run summary.
+    assert len(sync_lines) == 2 and sync_lines[0].startswith("W&B: no login found")
+    assert "upload it with: wandb sync" in sync_lines[1]
 
     (run_dir,) = find_offline_runs(tmp_path / "run")
     run = read_run(run_dir)
