@@ -80,6 +80,9 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
+
+# benchmarks/run.py, beside this script (its directory is on sys.path when run as a script).
+from run import trainer as quiet_trainer
 from torch import Tensor, nn
 
 from lit_gp import GANModule
@@ -122,18 +125,7 @@ def train_module(
         critic_optimizer=adam(),
         generator_optimizer=adam(),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[GeneratorStepLimit(steps)],
-    )
+    trainer = quiet_trainer([GeneratorStepLimit(steps)])
     trainer.fit(module, datamodule=datamodule)
     if save:
         trainer.save_checkpoint(save)
