@@ -12,9 +12,10 @@ import lightning as L
 import pytest
 import torch
 from conftest import FAST_IMAGES
+from test_resume import fit as fit_for_resume
 
 from lit_gp import GANModule
-from lit_gp.callbacks import GANCheckpoint, GeneratorStepLimit, StackedModes
+from lit_gp.callbacks import StackedModes
 from lit_gp.callbacks.stacked_modes import _shares
 from lit_gp.data import DigitsDataModule, StackedDigitsDataModule
 from lit_gp.metrics import ModeHistogram, StackedModeClassifier
@@ -244,33 +245,10 @@ def _fit(root: Path, steps: int, ckpt_path: Path | None = None, every_batch: boo
         n_critic=2,
         num_eval_samples=16,
     )
-    callbacks: list = [GeneratorStepLimit(steps)]
-    if every_batch:
-        callbacks.append(
-            GANCheckpoint(
-                dirpath=root / "checkpoints",
-                filename="{step}",
-                every_n_train_steps=1,
-                save_top_k=-1,
-                save_on_signal=False,
-            )
-        )
-    trainer = L.Trainer(
-        default_root_dir=root,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=every_batch,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        check_val_every_n_epoch=None,
-        val_check_interval=4,
-        callbacks=callbacks,
-    )
     # 3 batches per epoch: resumes land mid-epoch and at epoch ends; dequantization noise too.
     data = StackedDigitsDataModule(num_train=48, num_val=16, batch_size=16, dequantize=True)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    return module
+    # test_resume's Trainer: checkpoints after every batch, validation between them.
+    return fit_for_resume(module, data, root, steps, every_batch=every_batch, ckpt_path=ckpt_path)
 
 
 def test_resume_from_any_batch_is_bitwise_identical(tmp_path: Path):
