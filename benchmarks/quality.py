@@ -6,18 +6,19 @@
 
 Each cell is ``python train.py model=<model> data=<data> seed=<seed>`` with everything else at
 its defaults (one torch thread per job when jobs share the cores). A finished cell writes
-``<results>/<data>/<model>/seed<seed>.json`` (its final validation metrics, wall time, command
-and machine), so the matrix can be filled over several sessions: a cell whose file exists is not
-run again (``--rerun`` forces it). Then the script writes ``<results>/quality.md`` (one markdown
-table: quality and wall time per cell, mean over seeds with the range) and ``quality.png``
-(quality against wall time, one panel per data set, one colour per model).
+``<results>/<data>/<model>/seed<seed>.json`` (its final validation metrics, wall time, its own
+CPU time, command and machine), so the matrix can be filled over several sessions: a cell whose
+file exists is not run again (``--rerun`` forces it). Then the script writes
+``<results>/quality.md`` (one markdown table: quality and time per cell, mean over seeds with the
+range) and ``quality.png`` (quality against wall time, one panel per data set, one colour per
+model).
 
 Quality per data set: gaussians8 and gaussians25 modes covered and high-quality fraction (VEEGAN
 / PacGAN protocol, 2,500 samples); swissroll the exact W1 distance between 2,500 generated and
 2,500 real points (``val/w1_distance``, lower is better); stacked_digits modes covered of 1,000
 and KL of the mode histogram from uniform (26,000 samples). Wall time is the whole run,
-start-up and validations included, and depends on what else the machine runs: the table states
-the jobs and threads it was measured with.
+start-up and validations included, and depends on what else the machine runs; the CPU time
+(``os.wait4``, the cell's process alone) does not, so the table gives both.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,7 +88,7 @@ def run_cell(
     timeout: float,
     overrides: list[str],
 ) -> dict:
-    """Train one cell through train.py and save its final metrics and wall time."""
+    """Train one cell through train.py and save its final metrics, wall time and CPU time."""
     run_dir = work / data / model / f"seed{seed}"
     command = [
         sys.executable,
@@ -101,14 +103,23 @@ def run_cell(
         *overrides,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "quality_cell.log"
     start = time.perf_counter()
-    finished = subprocess.run(
-        command, cwd=work, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        # wait4 gives this child's own CPU time: unlike wall time, it does not grow with what
+        # else the machine runs, so cells measured under different loads stay comparable.
+        _, status, usage = os.wait4(process.pid, 0)
+        timer.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
+    cpu = usage.ru_utime + usage.ru_stime
     metrics_file = run_dir / "metrics.json"
-    if finished.returncode != 0 or not metrics_file.exists():
-        tail = (finished.stderr or finished.stdout).strip().splitlines()[-1:]
+    if process.returncode != 0 or not metrics_file.exists():
+        tail = log_path.read_text().strip().splitlines()[-1:]
         print(f"failed: {data} {model} seed {seed}: {tail}", flush=True)
         return {}
     metrics = json.loads(metrics_file.read_text())
@@ -117,6 +128,7 @@ def run_cell(
         "model": model,
         "seed": seed,
         "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
         "threads": threads,
         "command": " ".join(
             [
@@ -137,7 +149,7 @@ def run_cell(
     summary = ", ".join(
         f"{label} {fmt.format(metrics[key])}" for key, label, fmt in METRICS[data] if key in metrics
     )
-    print(f"{data} {model} seed {seed}: {summary}, {wall:.0f} s", flush=True)
+    print(f"{data} {model} seed {seed}: {summary}, {wall:.0f} s ({cpu:.0f} s CPU)", flush=True)
     return record
 
 
@@ -172,8 +184,12 @@ def table(records: list[dict], models: list[str], data_sets: list[str]) -> str:
                 if all(key in run["metrics"] for run in runs)
             ]
             minutes = statistics.fmean(run["wall_seconds"] for run in runs) / 60
+            time_text = f"{minutes:.1f} min"
+            if all("cpu_seconds" in run for run in runs):
+                cpu_minutes = statistics.fmean(run["cpu_seconds"] for run in runs) / 60
+                time_text += f" ({cpu_minutes:.1f} min CPU)"
             seeds = f"{len(runs)} seed" + "s" * (len(runs) > 1)
-            cells.append(f"{', '.join(parts)}; {minutes:.1f} min; {seeds}")
+            cells.append(f"{', '.join(parts)}; {time_text}; {seeds}")
         lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

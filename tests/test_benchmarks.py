@@ -179,3 +179,35 @@ def test_only_takes_known_tables() -> None:
     assert benchmarks_run.parse_tables("critic, compiled") == ["critic", "compiled"]
     with pytest.raises(argparse.ArgumentTypeError):
         benchmarks_run.parse_tables("critic,flops")
+
+
+_quality_spec = importlib.util.spec_from_file_location(
+    "benchmarks_quality", Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+)
+benchmarks_quality = importlib.util.module_from_spec(_quality_spec)
+_quality_spec.loader.exec_module(benchmarks_quality)
+
+
+@pytest.mark.slow
+def test_a_matrix_cell_records_its_metrics_and_its_own_cpu_time(tmp_path: Path) -> None:
+    results, work = tmp_path / "results", tmp_path / "work"
+    fast = ["debug=fast", "model.generator.hidden_dim=16", "model.critic.hidden_dim=16"]
+    record = benchmarks_quality.run_cell("gaussians8", "r1", 3, 1, results, work, 600, fast)
+    saved = benchmarks_quality.load_records(results)
+    assert saved == [record]
+    assert record["metrics"]["generator_step"] == 3
+    assert (
+        0 <= record["metrics"]["val/modes_covered"] <= 8 and "val/w1_distance" in record["metrics"]
+    )
+    # The child's CPU time: at least the interpreter's start-up, at most its wall time on one
+    # thread (plus a margin for library threads).
+    assert 1 < record["cpu_seconds"] < 2 * record["wall_seconds"]
+    assert "seed=3" in record["command"] and "debug=fast" in record["command"]
+    table = benchmarks_quality.table(saved, ["r1", "dragan"], ["gaussians8"])
+    assert "| `r1` | modes " in table and "min CPU); 1 seed |" in table
+    assert "| `dragan` | not run |" in table
+    # A failed cell writes nothing and says why.
+    assert (
+        benchmarks_quality.run_cell("gaussians8", "r1", 4, 1, results, work, 600, ["seed=x"]) == {}
+    )
+    assert not (results / "gaussians8" / "r1" / "seed4.json").exists()

@@ -222,3 +222,23 @@ def test_hydra_config_instantiates(dataset):
     # Every constructor argument is spelled out in the yaml with its default.
     assert set(data_config) == {"_target_", *defaults}
     assert dict(dm.hparams) == {**defaults, "dataset": dataset, "seed": 7}
+
+
+def test_the_grid_has_its_own_defaults_and_the_other_toy_sets_keep_the_papers(compose_config):
+    grid = compose_config("model=wgangp", "data=gaussians25", fast=[])
+    assert grid.generator_steps == 4000
+    assert grid.model.critic_optimizer.lr == grid.model.generator_optimizer.lr == 2e-3
+    assert grid.model.critic_scheduler.total_iters == 4000
+    assert grid.model.generator.hidden_dim == grid.model.critic.hidden_dim == 128
+    for data in ("gaussians8", "swissroll"):
+        paper = compose_config("model=wgangp", f"data={data}", fast=[])
+        assert paper.generator_steps == 3000
+        assert paper.model.critic_optimizer.lr == paper.model.generator_optimizer.lr == 1e-4
+        assert paper.model.generator.hidden_dim == paper.model.critic.hidden_dim == 512
+    # R3GAN keeps its own learning-rate schedule; the command line and experiments still win.
+    assert (
+        compose_config("model=r3gan", "data=gaussians25", fast=[]).model.critic_optimizer.lr == 2e-4
+    )
+    assert compose_config("data=gaussians25", "generator_steps=10", fast=[]).generator_steps == 10
+    quick = compose_config("data=gaussians25", "experiment=toy_quick", fast=[])
+    assert quick.generator_steps == 700
