@@ -328,3 +328,17 @@ def test_fashion_mnist_trains_from_the_package_without_a_root_override(
     model = GANModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert model.sample(2).shape == (2, 1, 28, 28)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("model", ["wgangp", "r1", "r3gan"])
+def test_fashion_mnist_experiments_compose(compose_config, model) -> None:
+    cfg = compose_config(f"experiment={model}_fashion_mnist", fast=[])
+    assert cfg.data._target_ == "lit_gp.data.FashionMNISTDataModule"
+    assert cfg.image_shape == [1, 28, 28]
+    assert cfg.model.generator.dim == cfg.model.critic.dim == 32
+    assert cfg.model.ema_decay == 0.999
+    # The 60,000-image sets train their FID classifier for 2 epochs (the small sets: 10), so
+    # every run on them shares one cache entry with benchmarks/fashion_mnist_quality.py.
+    assert cfg.callbacks.image_metrics.classifier_epochs == 2
+    assert compose_config("data=mnist", fast=[]).callbacks.image_metrics.classifier_epochs == 2
+    assert compose_config("data=digits", fast=[]).callbacks.image_metrics.classifier_epochs == 10
