@@ -21,7 +21,9 @@ import argparse
 import sys
 import warnings
 
+import joblib
 import numpy as np
+import sklearn
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -30,7 +32,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from lit_gp import GANModule
 from lit_gp.data import FashionMNISTDataModule
-from lit_gp.metrics.features import cached_classifier
+from lit_gp.metrics.features import cached_classifier, default_cache_dir
 
 _BATCH = 500
 JUDGE_ITERATIONS = 200
@@ -46,6 +48,24 @@ def class_shares(probabilities: np.ndarray) -> tuple[float, float]:
     predicted = probabilities.argmax(1)
     shares = np.bincount(predicted, minlength=probabilities.shape[1]) / len(predicted)
     return float(shares.min()), float(probabilities.max(1).mean())
+
+
+def fitted_judge(images: torch.Tensor, labels: torch.Tensor) -> LogisticRegression:
+    """The judge fitted on the training split, cached beside the FID classifier (the fit takes
+    several CPU-minutes; the data set is fixed, so the cache is keyed by the settings)."""
+    path = default_cache_dir() / (
+        f"fashion_mnist_judge_logistic_{JUDGE_ITERATIONS}_{len(images)}_sklearn{sklearn.__version__}"
+        ".joblib"
+    )
+    if path.is_file():
+        return joblib.load(path)
+    judge = LogisticRegression(max_iter=JUDGE_ITERATIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        judge.fit(to_judge_pixels(images), labels.numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(judge, path)
+    return judge
 
 
 def distances(features: torch.nn.Module, real: torch.Tensor, images: torch.Tensor) -> tuple:
@@ -95,10 +115,7 @@ def main() -> int:
     )
     reference = train_images[: args.num_samples]
 
-    judge = LogisticRegression(max_iter=JUDGE_ITERATIONS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        judge.fit(to_judge_pixels(train_images), train_labels.numpy())
+    judge = fitted_judge(train_images, train_labels)
     test_probabilities = judge.predict_proba(to_judge_pixels(test_images))
     judge_accuracy = float((test_probabilities.argmax(1) == test_labels.numpy()).mean())
     print(
