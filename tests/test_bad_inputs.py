@@ -2,6 +2,7 @@
 the key), a non-zero exit, no traceback, and nothing written over.
 
 All cases run once, two at a time, in a module fixture; each parametrized test checks its own.
+They run train.py through tests/cli_runner.py (one start-up, a forked process per case).
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_many
 from conftest import ROOT
 from image_fixtures import write_image_folder
 from test_gan import make_trainer
@@ -142,40 +142,30 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _run(case: Case, cwd: Path) -> subprocess.CompletedProcess:
-    cwd.mkdir(parents=True)
-    env = {
-        **os.environ,
-        "PYTHONWARNINGS": "ignore",
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *QUICK, *case.overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory) -> dict[str, tuple[Case, subprocess.CompletedProcess, Path]]:
     root = tmp_path_factory.mktemp("bad_inputs")
     paths = _inputs(root / "inputs")
     before = {path: _digest(path) for path in (root / "inputs").rglob("*") if path.is_file()}
     cases = _cases(paths)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(
-            pool.map(lambda item: _run(item[1], root / f"case{item[0]}"), enumerate(cases))
-        )
+    folders = [root / f"case{index}" for index in range(len(cases))]
+    for folder in folders:
+        folder.mkdir()
+    env = {
+        "PYTHONWARNINGS": "ignore",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
+    results = run_many(
+        [([*QUICK, *case.overrides], folder) for case, folder in zip(cases, folders, strict=True)],
+        env=env,
+    )
     # Nothing the cases pointed at was changed.
     after = {path: _digest(path) for path in before}
     assert after == before
     return {
-        case.name: (case, result, root / f"case{index}")
-        for index, (case, result) in enumerate(zip(cases, results, strict=True))
+        case.name: (case, result, folder)
+        for case, result, folder in zip(cases, results, folders, strict=True)
     }
 
 
