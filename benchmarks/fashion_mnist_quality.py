@@ -25,6 +25,7 @@ import joblib
 import numpy as np
 import sklearn
 import torch
+from digits_quality import judge as class_shares  # benchmarks/: the same shares and top p
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -41,13 +42,6 @@ JUDGE_ITERATIONS = 200
 def to_judge_pixels(images: torch.Tensor) -> np.ndarray:
     """(N, 1, 28, 28) images in [-1, 1] to the judge's input: 784 float32 values in [0, 1]."""
     return ((images.clamp(-1, 1) + 1) / 2).reshape(len(images), -1).float().numpy()
-
-
-def class_shares(probabilities: np.ndarray) -> tuple[float, float]:
-    """The rarest predicted class's share and the mean top-class probability."""
-    predicted = probabilities.argmax(1)
-    shares = np.bincount(predicted, minlength=probabilities.shape[1]) / len(predicted)
-    return float(shares.min()), float(probabilities.max(1).mean())
 
 
 def fitted_judge(images: torch.Tensor, labels: torch.Tensor) -> LogisticRegression:
@@ -141,8 +135,8 @@ def main() -> int:
         rows.append((path, samples))
     for name, images in rows:
         fid, kid = distances(features, reference, images)
-        rarest, top = class_shares(judge.predict_proba(to_judge_pixels(images)))
-        print(f"{name[-60:]:<60} {fid:7.2f} {kid:8.1f} {rarest:7.1%} {top:6.3f}")
+        shares, top = class_shares(judge.predict_proba(to_judge_pixels(images)))
+        print(f"{name[-60:]:<60} {fid:7.2f} {kid:8.1f} {shares.min():7.1%} {top:6.3f}")
     return 0
 
 
