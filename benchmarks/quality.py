@@ -24,18 +24,15 @@ start-up and validations included, and depends on what else the machine runs; th
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import cells
+
+ROOT = cells.ROOT
 MODELS = (
     "wgan_gp",
     "wgan_lp",
@@ -89,72 +86,38 @@ def run_cell(
     overrides: list[str],
 ) -> dict:
     """Train one cell through train.py and save its final metrics, wall time and CPU time."""
-    run_dir = work / data / model / f"seed{seed}"
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"model={model}",
-        f"data={data}",
-        f"seed={seed}",
-        f"num_threads={threads}",
-        "logger=csv",
-        f"hydra.run.dir={run_dir}",
-        *EXTRA.get(data, []),
-        *overrides,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled"}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "quality_cell.log"
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
-        # wait4 gives this child's own CPU time: unlike wall time, it does not grow with what
-        # else the machine runs, so cells measured under different loads stay comparable.
-        _, status, usage = os.wait4(process.pid, 0)
-        timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    cpu = usage.ru_utime + usage.ru_stime
-    metrics_file = run_dir / "metrics.json"
-    if process.returncode != 0 or not metrics_file.exists():
-        tail = log_path.read_text().strip().splitlines()[-1:]
-        print(f"failed: {data} {model} seed {seed}: {tail}", flush=True)
+    cell = [f"model={model}", f"data={data}", f"seed={seed}", *EXTRA.get(data, []), *overrides]
+    run = cells.train(cell, work / data / model / f"seed{seed}", threads, timeout)
+    if run.metrics is None:
+        print(f"failed: {data} {model} seed {seed}: {run.last_line}", flush=True)
         return {}
-    metrics = json.loads(metrics_file.read_text())
     record = {
         "data": data,
         "model": model,
         "seed": seed,
-        "wall_seconds": round(wall, 1),
-        "cpu_seconds": round(cpu, 1),
+        "wall_seconds": run.wall_seconds,
+        "cpu_seconds": run.cpu_seconds,
         "threads": threads,
-        "command": " ".join(
-            [
-                "python train.py",
-                f"model={model}",
-                f"data={data}",
-                f"seed={seed}",
-                *EXTRA.get(data, []),
-                *overrides,
-            ]
-        ),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "metrics": metrics,
+        "command": " ".join(["python train.py", *cell]),
+        "machine": cells.machine(),
+        "metrics": run.metrics,
     }
-    path = cell_path(results, data, model, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    cells.save(cell_path(results, data, model, seed), record)
     summary = ", ".join(
-        f"{label} {fmt.format(metrics[key])}" for key, label, fmt in METRICS[data] if key in metrics
+        f"{label} {fmt.format(run.metrics[key])}"
+        for key, label, fmt in METRICS[data]
+        if key in run.metrics
     )
-    print(f"{data} {model} seed {seed}: {summary}, {wall:.0f} s ({cpu:.0f} s CPU)", flush=True)
+    print(
+        f"{data} {model} seed {seed}: {summary}, {run.wall_seconds:.0f} s "
+        f"({run.cpu_seconds:.0f} s CPU)",
+        flush=True,
+    )
     return record
 
 
 def load_records(results: Path) -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted(results.glob("*/*/seed*.json"))]
+    return cells.load(results, "*/*/seed*.json")
 
 
 def _spread(values: list[float], fmt: str) -> str:

@@ -13,11 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from hydra.utils import get_object
 from torch import Tensor
 
 from lit_gp.errors import ConfigError
+
+
+def critic_auc(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """The probability that the critic scores a real sample above a generated one, over every
+    real x generated pair of the batch (ties count one half): the area under its ROC curve,
+    0.5 when it cannot tell them apart, 1 when it separates them. It depends only on the order
+    of the scores, so it means the same for every loss and every scale of critic output.
+    (torchmetrics' AUROC squashes unbounded scores through a sigmoid first, which ties large
+    Wasserstein scores in float32.)"""
+    real = real_scores.detach().float().reshape(-1, 1)
+    fake = fake_scores.detach().float().reshape(1, -1)
+    return (torch.sign(real - fake).mean() + 1) / 2
 
 
 def wasserstein_critic(real_scores: Tensor, fake_scores: Tensor) -> Tensor:

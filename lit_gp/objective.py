@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from lit_gp import penalties
 from lit_gp.config import Spec, build, is_spec, plain
 from lit_gp.errors import ConfigError, check_int
-from lit_gp.losses import AdversarialLoss
+from lit_gp.losses import AdversarialLoss, critic_auc
 from lit_gp.penalties import PenaltyResult
 from lit_gp.penalty_weights import WeightController
 from lit_gp.schedules import Schedule, check_schedule
@@ -114,16 +114,18 @@ class PenaltyTerm:
             )
         if self.method is None:
             # A plain callable: its weight is its own business, and it declares no norm target.
-            self.controller.bind(1.0, 1.0, self.name)
+            self.controller.bind(1.0, 1.0, self.name, every)
         else:
             self.controller.bind(
                 self.method.scale_value(self.options),
                 self.method.target_value(self.options),
                 self.name,
+                every,
             )
         # The latest values to log, kept between lazy steps.
         self.logs: dict[str, Tensor] = {}
         self.result: PenaltyResult | None = None
+        self.scores: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def from_spec(
@@ -185,10 +187,12 @@ class PenaltyTerm:
         fake: Tensor,
         loss_scale: float | None = None,
         generator_step: int = 0,
+        scores: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """The term added to the critic's loss at a step where it is due (the penalty through
         the controller, times the schedule's factor at ``generator_step``, times ``every``);
-        also keeps the result and the values to log."""
+        also keeps the result, the critic's (real, generated) ``scores`` of the step for the
+        controller, and the values to log."""
         if self.takes_loss_scale and loss_scale is not None:
             result = self.function(critic, real, fake, loss_scale=loss_scale)
         else:
@@ -196,6 +200,7 @@ class PenaltyTerm:
         factor = self.schedule(generator_step)
         term = (self.every * factor) * self.controller.loss(result)
         self.result = result
+        self.scores = None if scores is None else (scores[0].detach(), scores[1].detach())
         norm = result.grad_norm
         self.logs = {
             "penalty": (term / self.every).detach(),
@@ -212,8 +217,9 @@ class PenaltyTerm:
         """After the critic's optimizer step: move the weight controller with the result of
         this step's penalty (averaged over data-parallel ranks by ``reduce``)."""
         if self.result is not None:
-            self.controller.update(self.result, reduce)
+            self.controller.update(self.result, reduce, self.scores)
         self.result = None
+        self.scores = None
 
     def state_dict(self) -> dict[str, Any]:
         controller = type(self.controller)
@@ -353,12 +359,20 @@ class GANObjective:
             logs={
                 "critic_loss": adversarial.detach(),
                 self.adversarial_loss.gap_name: (real_scores.mean() - fake_scores.mean()).detach(),
+                "critic_auc": critic_auc(real_scores, fake_scores),
             },
         )
         scored = ScoredCritic(critic, [(real, real_scores), (fake, fake_scores)])
         for term in self.terms:
             if term.due(critic_step):
-                penalty = term.loss(scored, real, fake, loss_scale, generator_step)
+                penalty = term.loss(
+                    scored,
+                    real,
+                    fake,
+                    loss_scale,
+                    generator_step,
+                    scores=(real_scores, fake_scores),
+                )
                 step.loss = step.loss + penalty
                 step.terms[self._key(term, "penalty")] = term.logs["penalty"]
             # The latest penalty statistics, also on steps that skip a lazy penalty.

@@ -22,7 +22,11 @@ import torch
 from torch import Tensor
 
 from lit_gp.errors import ConfigError, check_number
+from lit_gp.losses import critic_auc
 from lit_gp.penalties import PenaltyResult
+
+# The critic's scores of a step's real and generated batches.
+Scores = tuple[Tensor, Tensor]
 
 
 class WeightController:
@@ -40,10 +44,14 @@ class WeightController:
     def __init__(self) -> None:
         self.initial_weight = 1.0
         self.norm_target = 1.0
+        self.every = 1
 
-    def bind(self, initial_weight: float, norm_target: float = 1.0, penalty: str = "") -> None:
+    def bind(
+        self, initial_weight: float, norm_target: float = 1.0, penalty: str = "", every: int = 1
+    ) -> None:
         """Called once by the penalty term with the penalty's configured weight, the gradient
-        norm the penalty pulls towards and its name (for messages)."""
+        norm the penalty pulls towards, its name (for messages) and its lazy interval (the
+        controller moves once per ``every`` critic steps)."""
         if self.needs_norm_target and norm_target == 0:
             name = type(self).__name__
             raise ConfigError(
@@ -55,6 +63,7 @@ class WeightController:
             )
         self.initial_weight = float(initial_weight)
         self.norm_target = float(norm_target)
+        self.every = int(every)
 
     @property
     def weight(self) -> float:
@@ -64,20 +73,24 @@ class WeightController:
         """The term added to the critic loss for a penalty computed at the initial weight."""
         return result.loss
 
-    def signal(self, result: PenaltyResult) -> Tensor | None:
+    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor | None:
         """The batch's measurement the controller moves on (a 0-dim tensor), or None when it
-        does not move."""
+        does not move; ``scores`` are the critic's (real, generated) scores of the step."""
         return None
 
     def apply(self, signal: float) -> None:
         """Move the state with a measurement (averaged over data-parallel ranks)."""
 
     def update(
-        self, result: PenaltyResult, reduce: Callable[[Tensor], Tensor] | None = None
+        self,
+        result: PenaltyResult,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+        scores: Scores | None = None,
     ) -> None:
         """Move the state after a critic step that computed the penalty; ``reduce`` averages
-        the signal over data-parallel ranks (None: one process)."""
-        signal = self.signal(result)
+        the signal over data-parallel ranks (None: one process); ``scores`` are the step's
+        critic scores of its real and generated batches."""
+        signal = self.signal(result, scores)
         if signal is None:
             return
         if reduce is not None:
@@ -156,7 +169,7 @@ class ProportionalIntegral(WeightController):
         """The gradient norm held: ``target``, or the penalty's norm target when it is null."""
         return self.norm_target if self.target is None else self.target
 
-    def signal(self, result: PenaltyResult) -> Tensor:
+    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor:
         return (result.grad_norm.float() - self.held_norm).abs().mean()
 
     def apply(self, signal: float) -> None:
@@ -238,7 +251,7 @@ class AugmentedLagrangian(WeightController):
         constraint = self._constraint(result)
         return self.multiplier * constraint + 0.5 * self.initial_weight * constraint.pow(2)
 
-    def signal(self, result: PenaltyResult) -> Tensor:
+    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor:
         with torch.no_grad():
             return self._constraint(result)
 
@@ -253,3 +266,98 @@ class AugmentedLagrangian(WeightController):
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.multiplier = float(state.get("multiplier", self.multiplier))
+
+
+class AUCTarget(WeightController):
+    """Holds the critic's AUC at a target by multiplicative steps of the weight, at a rate set
+    in samples seen, as ADA (Karras et al. 2020) moves its augmentation probability.
+
+    The signal is the critic's AUC on the step's batches, the probability that it scores a real
+    sample above a generated one (:func:`lit_gp.losses.critic_auc`, averaged over data-parallel
+    ranks). After every critic step that computes the penalty, with n the real samples since the
+    last move (batch x lazy interval x ranks)::
+
+        log10 weight += sign(auc - target) * n / samples_per_decade,  clamped to [min, max]
+
+    A critic that separates real from generated samples better than ``target`` gets a stronger
+    penalty, one that separates them worse a weaker one: unlike a gradient-norm target, this
+    sees a penalty that is too strong (the critic can no longer tell the two apart) as well as
+    one that is too weak, and it means the same for every penalty, loss and data scale (it
+    depends only on the order of the scores). The weight crosses a decade in
+    ``samples_per_decade`` samples, whatever it starts from: 40,000 lets it cross the four
+    decades 0.01-100 in 160,000 samples, a quarter of the shortest run it is meant for
+    (``experiment=r1_digits``: 10,000 steps of 64). The state is the weight's logarithm alone,
+    clamped to the bounds (nothing winds up).
+    """
+
+    def __init__(
+        self,
+        target: float = 0.75,
+        samples_per_decade: float = 40_000,
+        min_weight: float = 1e-4,
+        max_weight: float = 1e4,
+    ) -> None:
+        super().__init__()
+        self.target = check_number("target", target, 0, 1)
+        self.samples_per_decade = check_number(
+            "samples_per_decade", samples_per_decade, 0, strict=True
+        )
+        self.min_weight = check_number("min_weight", min_weight, 0, strict=True)
+        self.max_weight = check_number("max_weight", max_weight, 0, strict=True)
+        if self.max_weight < self.min_weight:
+            raise ConfigError(
+                "max_weight", f"must be >= min_weight ({min_weight}), got {max_weight}"
+            )
+        self.log_weight: float | None = None  # log10 of the weight; None: the initial weight
+        self.samples = 0  # real samples behind the latest signal
+
+    def bind(
+        self, initial_weight: float, norm_target: float = 1.0, penalty: str = "", every: int = 1
+    ) -> None:
+        super().bind(initial_weight, norm_target, penalty, every)
+        if self.initial_weight <= 0:
+            raise ConfigError(
+                "weight_controller",
+                f"AUCTarget moves the weight by factors, so {penalty or 'the penalty'}'s "
+                f"initial weight must be > 0, got {initial_weight}",
+            )
+
+    @property
+    def weight(self) -> float:
+        if self.log_weight is None:
+            return self._clamp(self.initial_weight)
+        return 10.0**self.log_weight
+
+    def _clamp(self, weight: float) -> float:
+        return min(max(weight, self.min_weight), self.max_weight)
+
+    def loss(self, result: PenaltyResult) -> Tensor:
+        return result.loss * (self.weight / self.initial_weight)
+
+    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor:
+        if scores is None:
+            raise ValueError("AUCTarget needs the critic's scores of the step")
+        real_scores, fake_scores = scores
+        world = (
+            torch.distributed.get_world_size()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 1
+        )
+        self.samples = real_scores.shape[0] * self.every * world
+        return critic_auc(real_scores, fake_scores)
+
+    def apply(self, signal: float) -> None:
+        if not math.isfinite(signal):
+            return
+        # sign(0) = 0: a critic exactly at the target leaves the weight where it is.
+        direction = (signal > self.target) - (signal < self.target)
+        log_weight = math.log10(self.weight) + direction * self.samples / self.samples_per_decade
+        low, high = math.log10(self.min_weight), math.log10(self.max_weight)
+        self.log_weight = min(max(log_weight, low), high)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"log_weight": self.log_weight}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        saved = state.get("log_weight")
+        self.log_weight = None if saved is None else float(saved)

@@ -23,7 +23,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 STRATEGY = "ddp_find_unused_parameters_true"  # conf/trainer/ddp.yaml
-PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi", "r3gan")
+PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi", "r1_auc", "r3gan")
 TOLERANCE = 1e-6
 
 WORKER = r'''
@@ -56,6 +56,9 @@ CASES = {
     "r1_lazy": ({**R1, "every": 2}, "non_saturating", "parity", False),
     # An adaptive weight: its signal (the gradient norms) is averaged over the ranks.
     "wgan_gp_pi": (WGAN_GP, "wasserstein", "parity", False),
+    # The AUC controller on R1: it counts the samples of every rank (B x 2 per step, as the
+    # single process's 2B).
+    "r1_auc": (R1, "non_saturating", "parity", False),
     # Two penalty terms (R1 lazy, R2 with a weight schedule) and the relativistic pairing loss,
     # whose generator step scores the real batch too.
     "r3gan": (
@@ -84,6 +87,15 @@ CASES = {
 }
 CONTROLLERS = {
     "wgan_gp_pi": {"_target_": "lit_gp.penalty_weights.ProportionalIntegral", "ki": 0.5},
+    # Under DDP the signal is the mean of the ranks' AUCs, not the AUC of the joint batch, so
+    # the two layouts agree step by step only where both fall on the same side of the target:
+    # a target of 0.01 (any critic ranks more than 1% of pairs right) makes every step a move
+    # up, and the weight then checks the sample count: 2B samples a step in both layouts.
+    "r1_auc": {
+        "_target_": "lit_gp.penalty_weights.AUCTarget",
+        "target": 0.01,
+        "samples_per_decade": 64,
+    },
 }
 LAYOUT = ["parity"]
 DRAWS = [0]
@@ -309,6 +321,10 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(runs: Runs, case: st
     )
     if case == "wgan_gp_pi":
         assert abs(single["penalty_weight"] - 10.0) > 1000 * TOLERANCE  # it did move
+    if case == "r1_auc":
+        # 6 critic steps of 16 samples, each a move up by 16 / 64 of a decade; the weight
+        # saved is the one after the last step.
+        assert single["penalty_weight"] == pytest.approx(10.0 * 10 ** (6 * 16 / 64))
     # Not trivially equal: training moved the parameters far more than the tolerance.
     assert max_difference(single, single["initial"]) > 1000 * TOLERANCE
 

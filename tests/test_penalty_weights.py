@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from lit_gp import ConfigError, GANModule, penalties
-from lit_gp.penalty_weights import AugmentedLagrangian, ProportionalIntegral, WeightController
+from lit_gp.penalty_weights import (
+    AUCTarget,
+    AugmentedLagrangian,
+    ProportionalIntegral,
+    WeightController,
+)
 
 
 class LinearCritic(nn.Module):
@@ -347,3 +353,202 @@ def test_the_signal_is_reduced_before_the_controller_moves() -> None:
     reference = _pi(kp=0.5, ki=0.1, tolerance=0.1)
     reference.update(_result(2.0))  # deviation 1
     assert controller.weight == pytest.approx(reference.weight)
+
+
+# --- AUCTarget: the critic's AUC held at a target ----------------------------------------------
+
+
+def test_critic_auc_by_hand() -> None:
+    from lit_gp.losses import critic_auc
+
+    # Real 30, 40, 50 against generated 20, 35, 45: 6 of the 9 pairs ordered right.
+    real, fake = torch.tensor([30.0, 40.0, 50.0]), torch.tensor([20.0, 35.0, 45.0])
+    assert critic_auc(real, fake).item() == pytest.approx(6 / 9)
+    assert critic_auc(fake, real).item() == pytest.approx(3 / 9)
+    # Ties count one half; a shift or a positive scale of the scores changes nothing.
+    assert critic_auc(torch.ones(4), torch.ones(3)).item() == 0.5
+    assert critic_auc(1e4 * real - 7, 1e4 * fake - 7).item() == pytest.approx(6 / 9)
+
+
+def _auc_controller(initial_weight: float = 10.0, **kwargs) -> AUCTarget:
+    controller = AUCTarget(**kwargs)
+    controller.bind(initial_weight)
+    return controller
+
+
+def _scores(auc_above: bool, batch: int = 8) -> tuple[Tensor, Tensor]:
+    """A batch the critic separates perfectly (AUC 1) or not at all (AUC 0)."""
+    real, fake = torch.arange(batch) + batch, torch.arange(batch).float()
+    return (real, fake) if auc_above else (fake, real)
+
+
+def test_auc_target_update_by_hand() -> None:
+    controller = _auc_controller(10.0, target=0.75, samples_per_decade=80)
+    result = _result(1.0)
+    controller.update(result, scores=_scores(True))  # AUC 1 > 0.75: up by 8/80 of a decade
+    assert controller.weight == pytest.approx(10 * 10**0.1)
+    controller.update(result, scores=_scores(False))  # AUC 0: back down
+    controller.update(result, scores=_scores(False))
+    assert controller.weight == pytest.approx(10 * 10**-0.1)
+    # At the target exactly it stays: real 1, 4 against generated 0, 3 is AUC 3/4.
+    controller.update(result, scores=(torch.tensor([1.0, 4.0]), torch.tensor([0.0, 3.0])))
+    assert controller.weight == pytest.approx(10 * 10**-0.1)
+    # The penalty (computed at the initial weight) is rescaled to the current weight.
+    torch.testing.assert_close(controller.loss(result), result.loss * 10**-0.1, rtol=1e-12, atol=0)
+
+
+def test_auc_target_counts_the_samples_of_a_lazy_penalty() -> None:
+    controller = AUCTarget(samples_per_decade=80)
+    controller.bind(1.0, every=4)  # moved once per 4 critic steps of 8 samples
+    controller.update(_result(1.0), scores=_scores(True))
+    assert controller.weight == pytest.approx(10 ** (32 / 80))
+
+
+def test_auc_target_stays_within_its_bounds() -> None:
+    controller = _auc_controller(1.0, samples_per_decade=8, min_weight=0.1, max_weight=100.0)
+    for _ in range(10):
+        controller.update(_result(1.0), scores=_scores(True))
+    assert controller.weight == pytest.approx(100.0)
+    controller.update(_result(1.0), scores=_scores(False))  # leaves the bound at once
+    assert controller.weight == pytest.approx(10.0)
+    for _ in range(10):
+        controller.update(_result(1.0), scores=_scores(False))
+    assert controller.weight == pytest.approx(0.1)
+
+
+def test_auc_target_reaches_the_same_weight_from_every_start() -> None:
+    # A synthetic critic whose separation falls as the penalty weight rises (a stronger penalty
+    # flattens it): scores real ~ N(m, 1), generated ~ N(0, 1) with m = log10(1 / weight) + 1,
+    # so its AUC is Phi(m / sqrt 2), 0.76 at weight 1: the target 0.76 is met at weight 1. From
+    # 0.01 and from 100 the controller crosses the two decades to 1 in about 2 x 4,000 samples
+    # and then stays within a few per cent of it.
+    generator = torch.Generator().manual_seed(0)
+    final = {}
+    for start in (0.01, 0.1, 1.0, 10.0, 100.0):
+        controller = _auc_controller(start, target=0.76, samples_per_decade=4_000)
+        weights = []
+        for _ in range(400):
+            shift = math.log10(1 / controller.weight) + 1
+            real = torch.randn(64, generator=generator) + shift
+            fake = torch.randn(64, generator=generator)
+            controller.update(_result(1.0), scores=(real, fake))
+            weights.append(controller.weight)
+        final[start] = statistics.fmean(weights[-100:])
+    for start, weight in final.items():
+        assert 0.8 < weight < 1.25, (start, weight)
+
+
+def test_auc_target_saves_and_restores_its_state() -> None:
+    controller = _auc_controller(3.0, samples_per_decade=100)
+    restored = _auc_controller(3.0, samples_per_decade=100)
+    assert controller.state_dict() == {"log_weight": None}
+    for above in (True, True, False):
+        controller.update(_result(1.0), scores=_scores(above))
+    restored.load_state_dict(controller.state_dict())
+    assert restored.weight == controller.weight == pytest.approx(3 * 10**0.08)
+
+
+def test_auc_target_controls_a_zero_centred_penalty_in_the_module(tmp_path: Path) -> None:
+    # Unlike pi and lagrangian, it has no norm target to hold, so R1 is fine; it moves at
+    # every critic step and logs the critic's AUC.
+    module = GANModule(
+        _Generator(),
+        _Critic(),
+        penalty={"_target_": "lit_gp.penalties.r1", "gamma": 2.0},
+        n_critic=1,
+        weight_controller={
+            "_target_": "lit_gp.penalty_weights.AUCTarget",
+            "samples_per_decade": 16,
+        },
+    )
+    recorder = _RecordWeights()
+    _fit(module, 4, tmp_path, recorder)
+    # Every step moves the weight by exactly one decade (16 samples), up or down.
+    steps = [math.log10(w) for w in [2.0, *recorder.weights]]
+    assert all(abs(abs(b - a) - 1) < 1e-9 for a, b in zip(steps, steps[1:], strict=False)), (
+        recorder.weights
+    )
+
+
+def test_bad_auc_target_settings_name_the_key() -> None:
+    for kwargs, key in [
+        ({"target": 1.5}, "target"),
+        ({"samples_per_decade": 0}, "samples_per_decade"),
+        ({"min_weight": 0}, "min_weight"),
+        ({"min_weight": 10, "max_weight": 1}, "max_weight"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            AUCTarget(**kwargs)
+        assert error.value.key == key
+    with pytest.raises(ConfigError, match="must be > 0") as error:
+        _auc_controller(0.0)
+    assert error.value.key == "weight_controller"
+
+
+def test_adaptive_weight_sweep_table_checks_the_target_by_hand() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import adaptive_weight
+
+    def record(data, controller, weight, seed, metrics):
+        return {
+            "data": data,
+            "model": "r1",
+            "controller": controller,
+            "initial_weight": weight,
+            "seed": seed,
+            "cpu_seconds": 120.0,
+            "metrics": {"train/penalty_weight": weight, **metrics},
+            "weight_trajectory": [[10, weight], [20, 1.0]],
+        }
+
+    def toy(modes, hq):
+        return {"val/modes_covered": modes, "val/high_quality_fraction": hq}
+
+    records = [
+        # Fixed: 1 is best (8 modes, 80%); 100 collapses.
+        record("gaussians8", "fixed", 1.0, 0, toy(8, 0.80)),
+        record("gaussians8", "fixed", 1.0, 1, toy(8, 0.78)),
+        record("gaussians8", "fixed", 100.0, 0, toy(0, 0.0)),
+        # auc: from 0.01 within 5 points (76% vs the best fixed 79%), from 100 one mode short
+        # (12.5 points of 8 modes): misses.
+        record("gaussians8", "auc", 0.01, 0, toy(8, 0.76)),
+        record("gaussians8", "auc", 100.0, 0, toy(7, 0.78)),
+        record("digits", "fixed", 1.0, 0, {adaptive_weight.FID: 10.0}),
+        record("digits", "auc", 1.0, 0, {adaptive_weight.FID: 10.9}),
+        record("digits", "auc", 100.0, 0, {adaptive_weight.FID: 10.5}),
+    ]
+    text = adaptive_weight.table(records)
+    assert "| fixed | 1 | 2 | 8.0 | 79.0 | 1 | 2.0 |" in text
+    assert (
+        "gaussians8, r1, auc (2 initial weights): worst 7.0 modes, 76.0% high-quality vs best "
+        "fixed 8.0, 79.0% (weight 1): 12 and 3.0 points behind, misses the 5-point target"
+    ) in text
+    assert (
+        "digits, r1, auc (2 initial weights): worst FID 10.90 vs best fixed 10.00 (weight 1): "
+        "+9%, meets the 10% target"
+    ) in text
+    assert adaptive_weight.overrides("digits", "r1", "auc", 0.01, 1) == [
+        "experiment=r1_digits",
+        "seed=1",
+        "model.penalty.gamma=0.01",
+        "weight_controller=auc",
+    ]
+
+
+def test_r1_with_the_auc_controller_trains_from_the_config(compose_config, tmp_path: Path) -> None:
+    import json
+
+    from lit_gp.training import train
+
+    cfg = compose_config("model=r1", "weight_controller=auc")
+    assert cfg.model.weight_controller._target_ == "lit_gp.penalty_weights.AUCTarget"
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= metrics["train/critic_auc"] <= 1
+    # Each critic step moves log10(weight) by batch_size / samples_per_decade, up or down; the
+    # logged weight is the one the last step used (two moves after three critic steps).
+    moved = math.log10(metrics["train/penalty_weight"] / cfg.model.penalty.gamma)
+    steps = moved * cfg.model.weight_controller.samples_per_decade / cfg.data.batch_size
+    assert round(steps) in (-2, 0, 2) and steps == pytest.approx(round(steps), abs=1e-3)

@@ -40,6 +40,8 @@ DCGAN_NETS = {
 CONTROLLERS = {
     "pi": {"_target_": "lit_gp.penalty_weights.ProportionalIntegral"},
     "lagrangian": {"_target_": "lit_gp.penalty_weights.AugmentedLagrangian"},
+    # A decade per 64 samples: the weight moves by a visible factor at every penalized step.
+    "auc": {"_target_": "lit_gp.penalty_weights.AUCTarget", "samples_per_decade": 64},
 }
 
 
@@ -167,6 +169,7 @@ def checkpoints_in_order(root: Path) -> list[Path]:
         # 3 batches per epoch: resumes land mid-epoch, at epoch ends and mid n_critic cycle.
         (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "pi"),
         (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "lagrangian"),
+        (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "auc"),
         # Dequantization noise is drawn per batch from the restored RNG.
         (DCGAN_NETS, lambda: DigitsDataModule(batch_size=256, dequantize=True), "pi"),
         (
@@ -175,7 +178,7 @@ def checkpoints_in_order(root: Path) -> list[Path]:
             "several_terms",
         ),
     ],
-    ids=["toy_pi", "toy_lagrangian", "digits_dequantized", "several_terms"],
+    ids=["toy_pi", "toy_lagrangian", "toy_auc", "digits_dequantized", "several_terms"],
 )
 def test_resume_from_every_batch_is_bitwise_identical(
     nets, make_data, controller, tmp_path: Path
@@ -190,6 +193,7 @@ def test_resume_from_every_batch_is_bitwise_identical(
         {
             "pi": "weight_controller.deviation",
             "lagrangian": "weight_controller.multiplier",
+            "auc": "weight_controller.log_weight",
             "several_terms": "gp.deviation",
         }[controller]
     ].isfinite()
