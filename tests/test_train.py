@@ -286,6 +286,7 @@ def test_cli_wandb_offline_without_login_logs_everything(tmp_path: Path) -> None
         "train/grad_norm_max",
         "train/grad_norm_fraction_above_1",
         "train/wasserstein_estimate",
+        "train/critic_auc",
         "train/generator_step",
         "val/wasserstein_estimate",
         "val/modes_covered",
