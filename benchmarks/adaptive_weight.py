@@ -289,7 +289,7 @@ def main() -> int:
         "--override",
         nargs="*",
         default=[],
-        help="Hydra overrides for every cell (e.g. weight_controller.target=0.7): use another "
+        help="Hydra overrides for every cell (e.g. model.weight_controller.target=0.7): use another "
         "--results folder",
     )
     args = parser.parse_args()
