@@ -56,6 +56,21 @@ def cell_path(results: Path, data: str, model: str, controller: str, weight: flo
     return results / data / model / controller / f"weight{weight:g}" / f"seed{seed}.json"
 
 
+def controller_overrides(controller: str) -> list[str]:
+    """``name`` or ``name:option=value,option=value`` (a controller with other settings, e.g.
+    ``lagrangian:multiplier_lr=0.01``) as Hydra overrides."""
+    name, _, options = controller.partition(":")
+    settings = [f"model.weight_controller.{item}" for item in options.split(",") if item]
+    return [f"weight_controller={name}", *settings]
+
+
+def controllers_in(records: list[dict]) -> list[str]:
+    """The controllers of the records: fixed first, then the known ones, then variants."""
+    present = {r["controller"] for r in records}
+    known = [c for c in CONTROLLERS if c in present]
+    return known + sorted(present - set(known))
+
+
 def overrides(data: str, model: str, controller: str, weight: float, seed: int) -> list[str]:
     if data == "digits":
         base = [f"experiment={DIGITS_EXPERIMENT[model]}"]
@@ -65,7 +80,7 @@ def overrides(data: str, model: str, controller: str, weight: float, seed: int) 
         *base,
         f"seed={seed}",
         f"model.penalty.{WEIGHT_KEY[model]}={weight:g}",
-        f"weight_controller={controller}",
+        *controller_overrides(controller),
     ]
 
 
@@ -148,7 +163,7 @@ def table(records: list[dict]) -> str:
                 "|---" * (6 if data == "digits" else 7) + "|",
             ]
             best = _best_fixed(data, model, groups)
-            for controller in CONTROLLERS:
+            for controller in controllers_in(records):
                 weights = sorted(k[3] for k in groups if k[:3] == (data, model, controller))
                 for weight in weights:
                     runs = groups[(data, model, controller, weight)]
@@ -223,9 +238,7 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    adaptive = [
-        c for c in CONTROLLERS if c != "fixed" and any(r["controller"] == c for r in records)
-    ]
+    adaptive = [c for c in controllers_in(records) if c != "fixed"]
     columns = [
         (d, m)
         for d in DATA
@@ -274,7 +287,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--controllers", nargs="+", default=["fixed", "auc"])
+    parser.add_argument(
+        "--controllers",
+        nargs="+",
+        default=["fixed", "auc"],
+        help="controller names (conf/weight_controller/), or name:option=value,... for other "
+        "settings (e.g. lagrangian:multiplier_lr=0.01)",
+    )
     parser.add_argument("--weights", nargs="+", type=float, default=list(WEIGHTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--jobs", type=int, default=2, help="parallel training jobs")
@@ -289,8 +308,8 @@ def main() -> int:
         "--override",
         nargs="*",
         default=[],
-        help="Hydra overrides for every cell (e.g. model.weight_controller.target=0.7): use another "
-        "--results folder",
+        help="Hydra overrides for every cell (e.g. generator_steps=1000): use another --results "
+        "folder",
     )
     args = parser.parse_args()
     if args.jobs < 1:
@@ -304,7 +323,7 @@ def main() -> int:
             for model in args.models
             for controller in args.controllers
             for weight in args.weights
-            if not (controller in NEEDS_NORM_TARGET and model in ZERO_CENTRED)
+            if not (controller.partition(":")[0] in NEEDS_NORM_TARGET and model in ZERO_CENTRED)
             and not cell_path(args.results, data, model, controller, weight, seed).exists()
         ]
         print(f"{len(todo)} cells to run, {args.jobs} jobs x {threads} threads", flush=True)

@@ -535,6 +535,14 @@ def test_adaptive_weight_sweep_table_checks_the_target_by_hand() -> None:
         "model.penalty.gamma=0.01",
         "weight_controller=auc",
     ]
+    # A controller with other settings: name:option=value,...
+    assert adaptive_weight.overrides(
+        "gaussians8", "wgan_gp", "lagrangian:multiplier_lr=0.01,target=2", 1.0, 0
+    )[-3:] == [
+        "weight_controller=lagrangian",
+        "model.weight_controller.multiplier_lr=0.01",
+        "model.weight_controller.target=2",
+    ]
 
 
 def test_r1_with_the_auc_controller_trains_from_the_config(compose_config, tmp_path: Path) -> None:
