@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
 import sklearn
 import torch
 from digits_quality import judge as class_shares  # benchmarks/: the same shares and top p
+from omegaconf import OmegaConf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -86,11 +88,15 @@ def main() -> int:
     )
     parser.add_argument("--num-samples", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
+    # The epochs data=fashion_mnist trains its FID classifier for, so that its cache entry is
+    # the one the runs used.
+    data_config = Path(__file__).resolve().parents[1] / "conf" / "data" / "fashion_mnist.yaml"
     parser.add_argument(
         "--classifier-epochs",
         type=int,
-        default=2,
-        help="callbacks.image_metrics.classifier_epochs of the runs (conf/data/fashion_mnist.yaml)",
+        default=OmegaConf.load(data_config).feature_classifier_epochs,
+        help="callbacks.image_metrics.classifier_epochs of the runs (default: "
+        "feature_classifier_epochs of conf/data/fashion_mnist.yaml)",
     )
     parser.add_argument("--root", default="data", help="data.root of the runs (default: data)")
     args = parser.parse_args()
