@@ -27,7 +27,7 @@ from lit_gp.config import Spec, build, is_spec, plain
 from lit_gp.errors import ConfigError, check_int
 from lit_gp.losses import AdversarialLoss, critic_auc
 from lit_gp.penalties import PenaltyResult
-from lit_gp.penalty_weights import WeightController
+from lit_gp.penalty_weights import Measurements, WeightController
 from lit_gp.schedules import Schedule, check_schedule
 
 Critic = Callable[[Tensor], Tensor]
@@ -42,6 +42,19 @@ def _takes_loss_scale(function: Callable[..., Any]) -> bool:
     return "loss_scale" in parameters or any(
         parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()
     )
+
+
+# The data a penalty at one side of the data leaves free (see PenaltyTerm.free_points).
+FREE_POINTS = {"real": "fake", "fake": "real"}
+
+
+def free_gradient_norm(critic: Critic, points: Tensor) -> Tensor:
+    """Per-sample ‖∇D‖ at ``points``, detached: one first-order input-gradient pass (nothing
+    here trains the critic)."""
+    points = points.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(critic(points).sum(), points)
+    return torch.linalg.vector_norm(gradient.flatten(1), dim=1).detach()
 
 
 # Keys of a penalty term's spec that are not options of the penalty function.
@@ -122,10 +135,20 @@ class PenaltyTerm:
                 self.name,
                 every,
             )
+        # The data the penalty leaves free, for a controller that compares ‖∇D‖ there with ‖∇D‖
+        # at the penalty's points (R1 acts on the real batch: the generated one is free).
+        self.free_points = FREE_POINTS.get(self.method.points) if self.method else None
+        if self.controller.needs_free_grad_norm and self.free_points is None:
+            raise ConfigError(
+                "weight_controller",
+                f"{type(self.controller).__name__} compares ‖∇D‖ at the data {self.name} acts "
+                "on with the data it leaves free, so it needs a penalty at the real or at the "
+                "generated batch (r1, r2)",
+            )
         # The latest values to log, kept between lazy steps.
         self.logs: dict[str, Tensor] = {}
         self.result: PenaltyResult | None = None
-        self.scores: tuple[Tensor, Tensor] | None = None
+        self.measured: Measurements | None = None
 
     @classmethod
     def from_spec(
@@ -191,8 +214,9 @@ class PenaltyTerm:
     ) -> Tensor:
         """The term added to the critic's loss at a step where it is due (the penalty through
         the controller, times the schedule's factor at ``generator_step``, times ``every``);
-        also keeps the result, the critic's (real, generated) ``scores`` of the step for the
-        controller, and the values to log."""
+        also keeps the result, what the controller measures (the critic's (real, generated)
+        ``scores`` of the step, and ‖∇D‖ at the free batch when it asks), and the values to
+        log."""
         if self.takes_loss_scale and loss_scale is not None:
             result = self.function(critic, real, fake, loss_scale=loss_scale)
         else:
@@ -200,7 +224,13 @@ class PenaltyTerm:
         factor = self.schedule(generator_step)
         term = (self.every * factor) * self.controller.loss(result)
         self.result = result
-        self.scores = None if scores is None else (scores[0].detach(), scores[1].detach())
+        self.measured = None
+        if scores is not None:
+            free_grad_norm = None
+            if self.controller.needs_free_grad_norm:
+                free = real if self.free_points == "real" else fake
+                free_grad_norm = free_gradient_norm(critic, free)
+            self.measured = Measurements(scores[0].detach(), scores[1].detach(), free_grad_norm)
         norm = result.grad_norm
         self.logs = {
             "penalty": (term / self.every).detach(),
@@ -217,9 +247,9 @@ class PenaltyTerm:
         """After the critic's optimizer step: move the weight controller with the result of
         this step's penalty (averaged over data-parallel ranks by ``reduce``)."""
         if self.result is not None:
-            self.controller.update(self.result, reduce, self.scores)
+            self.controller.update(self.result, reduce, self.measured)
         self.result = None
-        self.scores = None
+        self.measured = None
 
     def state_dict(self) -> dict[str, Any]:
         controller = type(self.controller)

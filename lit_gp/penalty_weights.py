@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,8 +26,17 @@ from lit_gp.errors import ConfigError, check_number
 from lit_gp.losses import critic_auc
 from lit_gp.penalties import PenaltyResult
 
-# The critic's scores of a step's real and generated batches.
-Scores = tuple[Tensor, Tensor]
+
+@dataclass
+class Measurements:
+    """What a controller may read of a critic step besides the penalty's result: the critic's
+    scores of the real and generated batches and, for a controller that asks for it
+    (``needs_free_grad_norm``), the per-sample ‖∇D‖ at the data the penalty leaves free (the
+    generated batch for R1, the real batch for R2)."""
+
+    real_scores: Tensor
+    fake_scores: Tensor
+    free_grad_norm: Tensor | None = None
 
 
 class WeightController:
@@ -40,6 +50,8 @@ class WeightController:
 
     # Whether the controller needs a penalty with a non-zero norm target (it holds the norm there).
     needs_norm_target = False
+    # Whether it reads ‖∇D‖ at the data the penalty leaves free (Measurements.free_grad_norm).
+    needs_free_grad_norm = False
 
     def __init__(self) -> None:
         self.initial_weight = 1.0
@@ -73,9 +85,9 @@ class WeightController:
         """The term added to the critic loss for a penalty computed at the initial weight."""
         return result.loss
 
-    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor | None:
+    def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor | None:
         """The batch's measurement the controller moves on (a 0-dim tensor), or None when it
-        does not move; ``scores`` are the critic's (real, generated) scores of the step."""
+        does not move; ``measured``: the step's other measurements."""
         return None
 
     def apply(self, signal: float) -> None:
@@ -85,12 +97,12 @@ class WeightController:
         self,
         result: PenaltyResult,
         reduce: Callable[[Tensor], Tensor] | None = None,
-        scores: Scores | None = None,
+        measured: Measurements | None = None,
     ) -> None:
         """Move the state after a critic step that computed the penalty; ``reduce`` averages
-        the signal over data-parallel ranks (None: one process); ``scores`` are the step's
-        critic scores of its real and generated batches."""
-        signal = self.signal(result, scores)
+        the signal over data-parallel ranks (None: one process); ``measured``: the step's
+        critic scores (and free-point gradient norms, when asked for)."""
+        signal = self.signal(result, measured)
         if signal is None:
             return
         if reduce is not None:
@@ -169,7 +181,7 @@ class ProportionalIntegral(WeightController):
         """The gradient norm held: ``target``, or the penalty's norm target when it is null."""
         return self.norm_target if self.target is None else self.target
 
-    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor:
+    def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor:
         return (result.grad_norm.float() - self.held_norm).abs().mean()
 
     def apply(self, signal: float) -> None:
@@ -251,7 +263,7 @@ class AugmentedLagrangian(WeightController):
         constraint = self._constraint(result)
         return self.multiplier * constraint + 0.5 * self.initial_weight * constraint.pow(2)
 
-    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor:
+    def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor:
         with torch.no_grad():
             return self._constraint(result)
 
@@ -268,37 +280,27 @@ class AugmentedLagrangian(WeightController):
         self.multiplier = float(state.get("multiplier", self.multiplier))
 
 
-class AUCTarget(WeightController):
-    """Holds the critic's AUC at a target by multiplicative steps of the weight, at a rate set
-    in samples seen, as ADA (Karras et al. 2020) moves its augmentation probability.
+class SignSteps(WeightController):
+    """Moves log10(weight) by a fixed step towards a target, ADA's update (Karras et al. 2020,
+    which moves its augmentation probability so): after every critic step that computes the
+    penalty, with n the real samples since the last move (batch x lazy interval x ranks)::
 
-    The signal is the critic's AUC on the step's batches, the probability that it scores a real
-    sample above a generated one (:func:`lit_gp.losses.critic_auc`, averaged over data-parallel
-    ranks). After every critic step that computes the penalty, with n the real samples since the
-    last move (batch x lazy interval x ranks)::
+        log10 weight += direction * n / samples_per_decade,  clamped to [min, max]
 
-        log10 weight += sign(auc - target) * n / samples_per_decade,  clamped to [min, max]
-
-    A critic that separates real from generated samples better than ``target`` gets a stronger
-    penalty, one that separates them worse a weaker one: unlike a gradient-norm target, this
-    sees a penalty that is too strong (the critic can no longer tell the two apart) as well as
-    one that is too weak, and it means the same for every penalty, loss and data scale (it
-    depends only on the order of the scores). The weight crosses a decade in
-    ``samples_per_decade`` samples, whatever it starts from: 40,000 lets it cross the four
-    decades 0.01-100 in 160,000 samples, a quarter of the shortest run it is meant for
+    where ``direction`` is +1, -1 or 0 from the signal (:meth:`direction`). The weight crosses
+    a decade in ``samples_per_decade`` samples, whatever it starts from: 40,000 lets it cross
+    the four decades 0.01-100 in 160,000 samples, a quarter of the shortest run it is meant for
     (``experiment=r1_digits``: 10,000 steps of 64). The state is the weight's logarithm alone,
     clamped to the bounds (nothing winds up).
     """
 
     def __init__(
         self,
-        target: float = 0.75,
         samples_per_decade: float = 40_000,
         min_weight: float = 1e-4,
         max_weight: float = 1e4,
     ) -> None:
         super().__init__()
-        self.target = check_number("target", target, 0, 1)
         self.samples_per_decade = check_number(
             "samples_per_decade", samples_per_decade, 0, strict=True
         )
@@ -318,42 +320,37 @@ class AUCTarget(WeightController):
         if self.initial_weight <= 0:
             raise ConfigError(
                 "weight_controller",
-                f"AUCTarget moves the weight by factors, so {penalty or 'the penalty'}'s "
-                f"initial weight must be > 0, got {initial_weight}",
+                f"{type(self).__name__} moves the weight by factors, so "
+                f"{penalty or 'the penalty'}'s initial weight must be > 0, got {initial_weight}",
             )
 
     @property
     def weight(self) -> float:
         if self.log_weight is None:
-            return self._clamp(self.initial_weight)
+            return min(max(self.initial_weight, self.min_weight), self.max_weight)
         return 10.0**self.log_weight
-
-    def _clamp(self, weight: float) -> float:
-        return min(max(weight, self.min_weight), self.max_weight)
 
     def loss(self, result: PenaltyResult) -> Tensor:
         return result.loss * (self.weight / self.initial_weight)
 
-    def signal(self, result: PenaltyResult, scores: Scores | None = None) -> Tensor:
-        if scores is None:
-            raise ValueError("AUCTarget needs the critic's scores of the step")
-        real_scores, fake_scores = scores
+    def _count(self, measured: Measurements) -> None:
         world = (
             torch.distributed.get_world_size()
             if torch.distributed.is_available() and torch.distributed.is_initialized()
             else 1
         )
-        self.samples = real_scores.shape[0] * self.every * world
-        return critic_auc(real_scores, fake_scores)
+        self.samples = measured.real_scores.shape[0] * self.every * world
+
+    def direction(self, signal: float) -> int:
+        """+1 (stronger), -1 (weaker) or 0 for a signal averaged over the ranks."""
+        raise NotImplementedError
 
     def apply(self, signal: float) -> None:
         if not math.isfinite(signal):
             return
-        # sign(0) = 0: a critic exactly at the target leaves the weight where it is.
-        direction = (signal > self.target) - (signal < self.target)
-        log_weight = math.log10(self.weight) + direction * self.samples / self.samples_per_decade
+        step = self.direction(signal) * self.samples / self.samples_per_decade
         low, high = math.log10(self.min_weight), math.log10(self.max_weight)
-        self.log_weight = min(max(log_weight, low), high)
+        self.log_weight = min(max(math.log10(self.weight) + step, low), high)
 
     def state_dict(self) -> dict[str, float]:
         return {"log_weight": self.log_weight}
@@ -361,3 +358,76 @@ class AUCTarget(WeightController):
     def load_state_dict(self, state: dict[str, float]) -> None:
         saved = state.get("log_weight")
         self.log_weight = None if saved is None else float(saved)
+
+
+def _sign(value: float) -> int:
+    return (value > 0) - (value < 0)
+
+
+class AUCTarget(SignSteps):
+    """Holds the critic's AUC at ``target`` by :class:`SignSteps`: stronger while the critic
+    separates real from generated samples better than the target, weaker while it separates
+    them worse (direction = sign(AUC - target)).
+
+    The signal is the critic's AUC on the step's batches, the probability that it scores a real
+    sample above a generated one (:func:`lit_gp.losses.critic_auc`, averaged over data-parallel
+    ranks). It means the same for every penalty, loss and data scale (it depends only on the
+    order of the scores), and it needs no norm target, so zero-centred penalties are fine.
+    """
+
+    def __init__(
+        self,
+        target: float = 0.75,
+        samples_per_decade: float = 40_000,
+        min_weight: float = 1e-4,
+        max_weight: float = 1e4,
+    ) -> None:
+        super().__init__(samples_per_decade, min_weight, max_weight)
+        self.target = check_number("target", target, 0, 1)
+
+    def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor:
+        if measured is None:
+            raise ValueError("AUCTarget needs the critic's scores of the step")
+        self._count(measured)
+        return critic_auc(measured.real_scores, measured.fake_scores)
+
+    def direction(self, signal: float) -> int:
+        # sign(0) = 0: a critic exactly at the target leaves the weight where it is.
+        return _sign(signal - self.target)
+
+
+class NormRatio(SignSteps):
+    """Holds the ratio of ‖∇D‖ at the data a zero-centred penalty leaves free to ‖∇D‖ at the
+    data it flattens (for R1: generated over real) at ``target`` by :class:`SignSteps`: a
+    penalty that flattens the critic where it acts far more than elsewhere is too strong
+    (weaker while the ratio is above the target), one that leaves it as steep there as
+    elsewhere too weak (direction = sign(log ratio - log target)).
+
+    The ratio has no units (the critic's output scale and the data's cancel). It needs ‖∇D‖ at
+    the free batch, one more input-gradient pass of the critic (first order, no double
+    backward) per penalized step, and a penalty evaluated at one side of the data (R1, R2).
+    """
+
+    needs_free_grad_norm = True
+
+    def __init__(
+        self,
+        target: float = 1.5,
+        samples_per_decade: float = 40_000,
+        min_weight: float = 1e-4,
+        max_weight: float = 1e4,
+    ) -> None:
+        super().__init__(samples_per_decade, min_weight, max_weight)
+        self.target = check_number("target", target, 0, strict=True)
+
+    def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor:
+        if measured is None or measured.free_grad_norm is None:
+            raise ValueError("NormRatio needs the gradient norms at the free points")
+        self._count(measured)
+        # The log of the ratio of means, so that averaging over ranks is symmetric in the two.
+        free = measured.free_grad_norm.float().mean()
+        held = result.grad_norm.float().mean()
+        return torch.log(free) - torch.log(held)
+
+    def direction(self, signal: float) -> int:
+        return -_sign(signal - math.log(self.target))

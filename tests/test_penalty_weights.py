@@ -17,6 +17,8 @@ from lit_gp import ConfigError, GANModule, penalties
 from lit_gp.penalty_weights import (
     AUCTarget,
     AugmentedLagrangian,
+    Measurements,
+    NormRatio,
     ProportionalIntegral,
     WeightController,
 )
@@ -376,22 +378,24 @@ def _auc_controller(initial_weight: float = 10.0, **kwargs) -> AUCTarget:
     return controller
 
 
-def _scores(auc_above: bool, batch: int = 8) -> tuple[Tensor, Tensor]:
+def _scores(auc_above: bool, batch: int = 8) -> Measurements:
     """A batch the critic separates perfectly (AUC 1) or not at all (AUC 0)."""
     real, fake = torch.arange(batch) + batch, torch.arange(batch).float()
-    return (real, fake) if auc_above else (fake, real)
+    return Measurements(real, fake) if auc_above else Measurements(fake, real)
 
 
 def test_auc_target_update_by_hand() -> None:
     controller = _auc_controller(10.0, target=0.75, samples_per_decade=80)
     result = _result(1.0)
-    controller.update(result, scores=_scores(True))  # AUC 1 > 0.75: up by 8/80 of a decade
+    controller.update(result, measured=_scores(True))  # AUC 1 > 0.75: up by 8/80 of a decade
     assert controller.weight == pytest.approx(10 * 10**0.1)
-    controller.update(result, scores=_scores(False))  # AUC 0: back down
-    controller.update(result, scores=_scores(False))
+    controller.update(result, measured=_scores(False))  # AUC 0: back down
+    controller.update(result, measured=_scores(False))
     assert controller.weight == pytest.approx(10 * 10**-0.1)
     # At the target exactly it stays: real 1, 4 against generated 0, 3 is AUC 3/4.
-    controller.update(result, scores=(torch.tensor([1.0, 4.0]), torch.tensor([0.0, 3.0])))
+    controller.update(
+        result, measured=Measurements(torch.tensor([1.0, 4.0]), torch.tensor([0.0, 3.0]))
+    )
     assert controller.weight == pytest.approx(10 * 10**-0.1)
     # The penalty (computed at the initial weight) is rescaled to the current weight.
     torch.testing.assert_close(controller.loss(result), result.loss * 10**-0.1, rtol=1e-12, atol=0)
@@ -400,19 +404,19 @@ def test_auc_target_update_by_hand() -> None:
 def test_auc_target_counts_the_samples_of_a_lazy_penalty() -> None:
     controller = AUCTarget(samples_per_decade=80)
     controller.bind(1.0, every=4)  # moved once per 4 critic steps of 8 samples
-    controller.update(_result(1.0), scores=_scores(True))
+    controller.update(_result(1.0), measured=_scores(True))
     assert controller.weight == pytest.approx(10 ** (32 / 80))
 
 
 def test_auc_target_stays_within_its_bounds() -> None:
     controller = _auc_controller(1.0, samples_per_decade=8, min_weight=0.1, max_weight=100.0)
     for _ in range(10):
-        controller.update(_result(1.0), scores=_scores(True))
+        controller.update(_result(1.0), measured=_scores(True))
     assert controller.weight == pytest.approx(100.0)
-    controller.update(_result(1.0), scores=_scores(False))  # leaves the bound at once
+    controller.update(_result(1.0), measured=_scores(False))  # leaves the bound at once
     assert controller.weight == pytest.approx(10.0)
     for _ in range(10):
-        controller.update(_result(1.0), scores=_scores(False))
+        controller.update(_result(1.0), measured=_scores(False))
     assert controller.weight == pytest.approx(0.1)
 
 
@@ -431,7 +435,7 @@ def test_auc_target_reaches_the_same_weight_from_every_start() -> None:
             shift = math.log10(1 / controller.weight) + 1
             real = torch.randn(64, generator=generator) + shift
             fake = torch.randn(64, generator=generator)
-            controller.update(_result(1.0), scores=(real, fake))
+            controller.update(_result(1.0), measured=Measurements(real, fake))
             weights.append(controller.weight)
         final[start] = statistics.fmean(weights[-100:])
     for start, weight in final.items():
@@ -443,7 +447,7 @@ def test_auc_target_saves_and_restores_its_state() -> None:
     restored = _auc_controller(3.0, samples_per_decade=100)
     assert controller.state_dict() == {"log_weight": None}
     for above in (True, True, False):
-        controller.update(_result(1.0), scores=_scores(above))
+        controller.update(_result(1.0), measured=_scores(above))
     restored.load_state_dict(controller.state_dict())
     assert restored.weight == controller.weight == pytest.approx(3 * 10**0.08)
 
@@ -545,13 +549,18 @@ def test_adaptive_weight_sweep_table_checks_the_target_by_hand() -> None:
     ]
 
 
-def test_r1_with_the_auc_controller_trains_from_the_config(compose_config, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("controller", "target"), [("auc", "AUCTarget"), ("norm_ratio", "NormRatio")]
+)
+def test_r1_with_a_sign_step_controller_trains_from_the_config(
+    compose_config, tmp_path: Path, controller: str, target: str
+) -> None:
     import json
 
     from lit_gp.training import train
 
-    cfg = compose_config("model=r1", "weight_controller=auc")
-    assert cfg.model.weight_controller._target_ == "lit_gp.penalty_weights.AUCTarget"
+    cfg = compose_config("model=r1", f"weight_controller={controller}")
+    assert cfg.model.weight_controller._target_ == f"lit_gp.penalty_weights.{target}"
     train(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["train/critic_auc"] <= 1
@@ -560,3 +569,65 @@ def test_r1_with_the_auc_controller_trains_from_the_config(compose_config, tmp_p
     moved = math.log10(metrics["train/penalty_weight"] / cfg.model.penalty.gamma)
     steps = moved * cfg.model.weight_controller.samples_per_decade / cfg.data.batch_size
     assert round(steps) in (-2, 0, 2) and steps == pytest.approx(round(steps), abs=1e-3)
+
+
+# --- NormRatio: ‖∇D‖ at the free data over ‖∇D‖ at the penalized data ----------------------------
+
+
+class QuadraticCritic(nn.Module):
+    """D(x) = ||x||^2 / 2: grad D(x) = x, so ||grad D(x)|| = ||x||."""
+
+    def forward(self, points: Tensor) -> Tensor:
+        return 0.5 * points.pow(2).sum(dim=1)
+
+
+def _norm_ratio_term(penalty: str = "r1", **kwargs):
+    from lit_gp.objective import PenaltyTerm
+
+    controller = NormRatio(samples_per_decade=40, **kwargs)
+    return PenaltyTerm.from_spec(
+        {"_target_": f"lit_gp.penalties.{penalty}", "gamma": 2.0}, controller
+    )
+
+
+@pytest.mark.parametrize(
+    ("penalty", "real_radius", "fake_radius", "direction"),
+    [
+        # R1 flattens the real side: norms 1 there, 3 at the generated side: ratio 3 > 1.5,
+        # too strong: weaker by 4 / 40 of a decade.
+        ("r1", 1.0, 3.0, -1),
+        # Ratio 1.2 < 1.5: stronger.
+        ("r1", 2.5, 3.0, 1),
+        # R2 flattens the generated side: the free side is the real one (ratio 3 / 1).
+        ("r2", 3.0, 1.0, -1),
+    ],
+)
+def test_norm_ratio_measures_both_sides_and_moves_by_hand(
+    penalty: str, real_radius: float, fake_radius: float, direction: int
+) -> None:
+    term = _norm_ratio_term(penalty)
+    angles = torch.linspace(0, 3, 4, dtype=torch.float64)
+    circle = torch.stack([angles.cos(), angles.sin()], dim=1)
+    real, fake = real_radius * circle, fake_radius * circle
+    critic = QuadraticCritic()
+    term.loss(critic, real, fake, scores=(critic(real), critic(fake)))
+    free = fake_radius if penalty == "r1" else real_radius
+    torch.testing.assert_close(
+        term.measured.free_grad_norm, torch.full((4,), free, dtype=torch.float64)
+    )
+    term.update()
+    assert term.controller.weight == pytest.approx(2.0 * 10 ** (direction * 4 / 40))
+
+
+def test_norm_ratio_refuses_penalties_between_the_data() -> None:
+    with pytest.raises(ConfigError, match="real or at the generated batch") as error:
+        GANModule(
+            _Generator(),
+            _Critic(),
+            penalty={"_target_": "lit_gp.penalties.wgan_gp"},
+            weight_controller={"_target_": "lit_gp.penalty_weights.NormRatio"},
+        )
+    assert error.value.key == "weight_controller"
+    with pytest.raises(ConfigError) as error:
+        NormRatio(target=0)
+    assert error.value.key == "target"
