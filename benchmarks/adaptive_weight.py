@@ -239,11 +239,13 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     adaptive = [c for c in controllers_in(records) if c != "fixed"]
+    present = {(r["data"], r["model"], r["controller"]) for r in records}
+    # The data sets and penalties some adaptive controller ran on; a panel per controller there.
     columns = [
         (d, m)
         for d in DATA
         for m in MODELS
-        if any(r["data"] == d and r["model"] == m for r in records)
+        if any(p[:2] == (d, m) and p[2] != "fixed" for p in present)
     ]
     if not adaptive or not columns:
         return
@@ -257,6 +259,9 @@ def plot(records: list[dict], path: Path) -> None:
     for row, controller in enumerate(adaptive):
         for column, (data, model) in enumerate(columns):
             axis = axes[row][column]
+            if (data, model, controller) not in present:
+                axis.set_visible(False)
+                continue
             for index, weight in enumerate(WEIGHTS):
                 runs = [
                     r
