@@ -23,7 +23,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 STRATEGY = "ddp_find_unused_parameters_true"  # conf/trainer/ddp.yaml
-PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi", "r1_auc", "r3gan")
+PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi", "r1_auc", "r1_norm_ratio", "r3gan")
 TOLERANCE = 1e-6
 
 WORKER = r'''
@@ -59,6 +59,8 @@ CASES = {
     # The AUC controller on R1: it counts the samples of every rank (B x 2 per step, as the
     # single process's 2B).
     "r1_auc": (R1, "non_saturating", "parity", False),
+    # The norm-ratio controller on R1: one more input-gradient pass at the generated batch.
+    "r1_norm_ratio": (R1, "non_saturating", "parity", False),
     # Two penalty terms (R1 lazy, R2 with a weight schedule) and the relativistic pairing loss,
     # whose generator step scores the real batch too.
     "r3gan": (
@@ -94,6 +96,13 @@ CONTROLLERS = {
     "r1_auc": {
         "_target_": "lit_gp.penalty_weights.AUCTarget",
         "target": 0.01,
+        "samples_per_decade": 64,
+    },
+    # The same for the mean over ranks of log(free / held ‖∇D‖): a target ratio of 1e-6 makes
+    # every step a move down (the penalty "flattens its side" more than that).
+    "r1_norm_ratio": {
+        "_target_": "lit_gp.penalty_weights.NormRatio",
+        "target": 1e-6,
         "samples_per_decade": 64,
     },
 }
@@ -325,6 +334,8 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(runs: Runs, case: st
         # 6 critic steps of 16 samples, each a move up by 16 / 64 of a decade; the weight
         # saved is the one after the last step.
         assert single["penalty_weight"] == pytest.approx(10.0 * 10 ** (6 * 16 / 64))
+    if case == "r1_norm_ratio":
+        assert single["penalty_weight"] == pytest.approx(10.0 * 10 ** (-6 * 16 / 64))
     # Not trivially equal: training moved the parameters far more than the tolerance.
     assert max_difference(single, single["initial"]) > 1000 * TOLERANCE
 
