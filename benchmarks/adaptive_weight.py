@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +53,14 @@ FID = "val/fid_digits_classifier"
 TRAJECTORY_POINTS = 200
 
 
+def folder(controller: str) -> str:
+    """A controller (``name:option=value``) as a folder name that a Hydra override can carry
+    (``=`` and ``:`` are part of the override grammar)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", controller)
+
+
 def cell_path(results: Path, data: str, model: str, controller: str, weight: float, seed: int):
-    return results / data / model / controller / f"weight{weight:g}" / f"seed{seed}.json"
+    return results / data / model / folder(controller) / f"weight{weight:g}" / f"seed{seed}.json"
 
 
 def controller_overrides(controller: str) -> list[str]:
@@ -102,7 +109,7 @@ def run_cell(
 ) -> dict:
     data, model, controller, weight, seed = cell
     command = [*overrides(*cell), *extra]
-    run_dir = work / data / model / controller / f"weight{weight:g}" / f"seed{seed}"
+    run_dir = work / data / model / folder(controller) / f"weight{weight:g}" / f"seed{seed}"
     run = cells.train(command, run_dir, threads, timeout)
     name = f"{data} {model} {controller} {weight:g} seed {seed}"
     if run.metrics is None:

@@ -547,6 +547,9 @@ def test_adaptive_weight_sweep_table_checks_the_target_by_hand() -> None:
         "model.weight_controller.multiplier_lr=0.01",
         "model.weight_controller.target=2",
     ]
+    # Its cells live in a folder a Hydra override (hydra.run.dir=...) can name.
+    path = adaptive_weight.cell_path(Path("r"), "d", "m", "lagrangian:multiplier_lr=0.01", 1, 0)
+    assert path == Path("r/d/m/lagrangian-multiplier_lr-0.01/weight1/seed0.json")
 
 
 @pytest.mark.parametrize(
