@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cells
@@ -308,25 +306,9 @@ def main() -> int:
     )
     parser.add_argument("--weights", nargs="+", type=float, default=list(WEIGHTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--jobs", type=int, default=2, help="parallel training jobs")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per job")
-    parser.add_argument(
-        "--results", type=Path, default=ROOT / "benchmarks" / "results" / "adaptive_weight"
-    )
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "adaptive_weight")
-    parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per cell")
-    parser.add_argument("--table-only", action="store_true")
-    parser.add_argument(
-        "--override",
-        nargs="*",
-        default=[],
-        help="Hydra overrides for every cell (e.g. generator_steps=1000): use another --results "
-        "folder",
-    )
+    cells.add_sweep_arguments(parser, "adaptive_weight")
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = cells.threads_per_job(parser, args)
     if not args.table_only:
         todo = [
             (data, model, controller, weight, seed)
@@ -338,16 +320,14 @@ def main() -> int:
             if not (controller.partition(":")[0] in NEEDS_NORM_TARGET and model in ZERO_CENTRED)
             and not cell_path(args.results, data, model, controller, weight, seed).exists()
         ]
-        print(f"{len(todo)} cells to run, {args.jobs} jobs x {threads} threads", flush=True)
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(
-                pool.map(
-                    lambda cell: run_cell(
-                        cell, threads, args.results, args.work, args.timeout, args.override
-                    ),
-                    todo,
-                )
-            )
+        cells.run_all(
+            todo,
+            args.jobs,
+            threads,
+            lambda cell: run_cell(
+                cell, threads, args.results, args.work, args.timeout, args.override
+            ),
+        )
     records = cells.load(args.results, "*/*/*/weight*/seed*.json")
     if not records:
         print("no results yet")

@@ -7,6 +7,7 @@ finished cell, so a cell whose file exists is not run again.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +99,36 @@ def save(path: Path, record: dict) -> None:
 
 def load(results: Path, pattern: str) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(results.glob(pattern))]
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options every sweep takes: parallel jobs and their threads, where results and runs
+    go (``benchmarks/results/<name>``, ``outputs/<name>``), the timeout, --table-only and
+    overrides for every cell."""
+    parser.add_argument("--jobs", type=int, default=2, help="parallel training jobs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per job")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / name)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / name)
+    parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per cell")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="Hydra overrides for every cell (e.g. generator_steps=1000); results then differ "
+        "from the defaults' table: use another --results folder",
+    )
+
+
+def threads_per_job(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--threads, or the cores shared out between --jobs."""
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    return args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+
+
+def run_all(todo: Sequence, jobs: int, threads: int, run: Callable[[object], dict]) -> None:
+    """``run(cell)`` for every cell, ``jobs`` at a time."""
+    print(f"{len(todo)} cells to run, {jobs} jobs x {threads} threads", flush=True)
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(run, todo))

@@ -24,10 +24,8 @@ start-up and validations included, and depends on what else the machine runs; th
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cells
@@ -209,44 +207,27 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--data", nargs="+", default=list(DATA), choices=list(DATA))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--jobs", type=int, default=2, help="parallel training jobs")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per job")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "quality")
-    parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per cell")
     parser.add_argument("--rerun", action="store_true", help="run cells that have results too")
-    parser.add_argument("--table-only", action="store_true")
-    parser.add_argument(
-        "--override",
-        nargs="*",
-        default=[],
-        help="Hydra overrides for every cell (e.g. generator_steps=1000); results then differ "
-        "from the defaults' table: use another --results folder",
-    )
+    cells.add_sweep_arguments(parser, "quality")
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = cells.threads_per_job(parser, args)
 
     if not args.table_only:
-        cells = [
+        todo = [
             (data, model, seed)
             for seed in args.seeds
             for data in args.data
             for model in args.models
             if args.rerun or not cell_path(args.results, data, model, seed).exists()
         ]
-        print(f"{len(cells)} cells to run, {args.jobs} jobs x {threads} threads", flush=True)
-        args.work.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(
-                pool.map(
-                    lambda cell: run_cell(
-                        *cell, threads, args.results, args.work, args.timeout, args.override
-                    ),
-                    cells,
-                )
-            )
+        cells.run_all(
+            todo,
+            args.jobs,
+            threads,
+            lambda cell: run_cell(
+                *cell, threads, args.results, args.work, args.timeout, args.override
+            ),
+        )
 
     records = [
         r
