@@ -37,7 +37,7 @@ import cells
 ROOT = cells.ROOT
 MODELS = ("wgan_gp", "r1")
 DATA = ("gaussians8", "gaussians25", "digits")
-CONTROLLERS = ("fixed", "auc", "pi", "lagrangian")
+CONTROLLERS = ("fixed", "balance", "auc", "norm_ratio", "pi", "lagrangian")
 WEIGHTS = (0.01, 0.1, 1.0, 10.0, 100.0)
 # The penalty option that is the weight, per model.
 WEIGHT_KEY = {"wgan_gp": "weight", "r1": "gamma"}

@@ -57,6 +57,29 @@ def free_gradient_norm(critic: Critic, points: Tensor) -> Tensor:
     return torch.linalg.vector_norm(gradient.flatten(1), dim=1).detach()
 
 
+def output_layer_weight(critic: Critic) -> Tensor:
+    """The weight matrix of the critic's last layer: its last parameter with two or more
+    dimensions (the output Linear of every critic in :mod:`lit_gp.nets`)."""
+    module = critic.critic if isinstance(critic, ScoredCritic) else critic
+    if not isinstance(module, nn.Module):
+        raise ConfigError("weight_controller", "needs a critic that is a torch.nn.Module")
+    weights = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    if not weights:
+        raise ConfigError("weight_controller", "needs a critic with a weight matrix to train")
+    return weights[-1]
+
+
+def output_layer_gradient(critic: Critic, loss: Tensor, scale: float = 1.0) -> Tensor:
+    """∂loss/∂W for the weight matrix W of the critic's last layer, detached (the graph is kept
+    for the step's backward). ``scale`` multiplies the loss first, so that an fp16 loss scale
+    keeps the gradient from underflowing, and is divided out again."""
+    weight = output_layer_weight(critic)
+    (gradient,) = torch.autograd.grad(loss * scale, weight, retain_graph=True, allow_unused=True)
+    if gradient is None:
+        return torch.zeros_like(weight).detach()
+    return (gradient / scale).detach()
+
+
 # Keys of a penalty term's spec that are not options of the penalty function.
 TERM_KEYS = ("every", "schedule", "weight_controller")
 
@@ -211,12 +234,13 @@ class PenaltyTerm:
         loss_scale: float | None = None,
         generator_step: int = 0,
         scores: tuple[Tensor, Tensor] | None = None,
+        adversarial: Tensor | None = None,
     ) -> Tensor:
         """The term added to the critic's loss at a step where it is due (the penalty through
         the controller, times the schedule's factor at ``generator_step``, times ``every``);
         also keeps the result, what the controller measures (the critic's (real, generated)
-        ``scores`` of the step, and ‖∇D‖ at the free batch when it asks), and the values to
-        log."""
+        ``scores`` of the step, ‖∇D‖ at the free batch and the output layer's gradients of
+        the ``adversarial`` loss and the penalty when it asks), and the values to log."""
         if self.takes_loss_scale and loss_scale is not None:
             result = self.function(critic, real, fake, loss_scale=loss_scale)
         else:
@@ -231,6 +255,17 @@ class PenaltyTerm:
                 free = real if self.free_points == "real" else fake
                 free_grad_norm = free_gradient_norm(critic, free)
             self.measured = Measurements(scores[0].detach(), scores[1].detach(), free_grad_norm)
+            if self.controller.needs_parameter_gradients:
+                if adversarial is None:
+                    raise ValueError(f"{self.name}'s weight controller needs the adversarial loss")
+                scale = 1.0 if loss_scale is None else float(loss_scale)
+                self.measured.adversarial_gradient = output_layer_gradient(
+                    critic, adversarial, scale
+                )
+                # The penalty at unit weight: it was computed at the controller's initial one.
+                self.measured.penalty_gradient = output_layer_gradient(
+                    critic, result.loss, scale
+                ) / float(self.controller.initial_weight)
         norm = result.grad_norm
         self.logs = {
             "penalty": (term / self.every).detach(),
@@ -402,6 +437,7 @@ class GANObjective:
                     loss_scale,
                     generator_step,
                     scores=(real_scores, fake_scores),
+                    adversarial=adversarial,
                 )
                 step.loss = step.loss + penalty
                 step.terms[self._key(term, "penalty")] = term.logs["penalty"]

@@ -6,8 +6,10 @@ term added to the critic loss, and :meth:`WeightController.update` then moves th
 state with the gradient norms just measured. ``weight`` is the number to watch (logged as
 ``train/penalty_weight``). The state is a few floats, saved in checkpoints.
 
-Both adaptive controllers hold the gradient norm at the penalty's norm target, so they refuse
-the zero-centred penalties (R1, R2, zero-GP, WGAN-div), whose target 0 no weight can hold.
+``ProportionalIntegral`` and ``AugmentedLagrangian`` hold the gradient norm at the penalty's norm
+target, so they refuse the zero-centred penalties (R1, R2, zero-GP, WGAN-div), whose target 0 no
+weight can hold. ``AUCTarget``, ``NormRatio`` and ``GradientBalance`` read other signals (the
+critic's AUC, ‖∇D‖ off the penalty's points, the balance of the critic's two gradients).
 
 The penalty itself is computed with its configured weight (``weight``, ``gamma`` or ``k``), its
 *initial* weight here; every penalty is linear in it, so a controller can rescale it.
@@ -37,6 +39,10 @@ class Measurements:
     real_scores: Tensor
     fake_scores: Tensor
     free_grad_norm: Tensor | None = None
+    # For a controller that asks (``needs_parameter_gradients``): the gradients of the
+    # adversarial loss and of the penalty at unit weight on the critic's output layer's weight.
+    adversarial_gradient: Tensor | None = None
+    penalty_gradient: Tensor | None = None
 
 
 class WeightController:
@@ -52,6 +58,9 @@ class WeightController:
     needs_norm_target = False
     # Whether it reads ‖∇D‖ at the data the penalty leaves free (Measurements.free_grad_norm).
     needs_free_grad_norm = False
+    # Whether it reads the adversarial loss's and the penalty's gradients on the critic's output
+    # layer (Measurements.adversarial_gradient, penalty_gradient).
+    needs_parameter_gradients = False
 
     def __init__(self) -> None:
         self.initial_weight = 1.0
@@ -431,3 +440,106 @@ class NormRatio(SignSteps):
 
     def direction(self, signal: float) -> int:
         return -_sign(signal - math.log(self.target))
+
+
+class GradientBalance(WeightController):
+    """Sets the weight so that the penalty pulls on the critic's output layer ``balance`` times
+    as hard as the adversarial loss does: the adaptive weight of Esser et al. 2021 ("Taming
+    Transformers", which balances a GAN loss against a reconstruction loss so), here between
+    the critic's two losses. With g_adv and g_pen the gradients of the adversarial loss and of
+    the penalty at unit weight on the weight matrix of the critic's last layer::
+
+        w* = balance * ‖g_adv‖ / (‖g_pen‖ + 1e-12)
+        log w ← smoothing * log w + (1 − smoothing) * log w*,  clamped to [min, max]
+
+    A weight too strong for the critic's optimizer (the penalty's gradient swamping the
+    adversarial one, so that Adam's normalized step is all penalty) is brought down as surely
+    as one too weak is brought up, and the initial weight is forgotten within a few tens of
+    penalized steps (smoothing 0.9: its share is 0.9^n). It works for every penalty and loss.
+    Measuring g_pen costs one more backward pass through the penalty's gradient graph (first
+    order in the parameters) per penalized step; g_adv is nearly free.
+    """
+
+    needs_parameter_gradients = True
+
+    def __init__(
+        self,
+        balance: float = 0.1,
+        smoothing: float = 0.9,
+        min_weight: float = 1e-4,
+        max_weight: float = 1e4,
+    ) -> None:
+        super().__init__()
+        self.balance = check_number("balance", balance, 0, strict=True)
+        self.smoothing = check_number("smoothing", smoothing, 0)
+        if self.smoothing >= 1:
+            raise ConfigError("smoothing", f"must be < 1, got {smoothing!r}")
+        self.min_weight = check_number("min_weight", min_weight, 0, strict=True)
+        self.max_weight = check_number("max_weight", max_weight, 0, strict=True)
+        if self.max_weight < self.min_weight:
+            raise ConfigError(
+                "max_weight", f"must be >= min_weight ({min_weight}), got {max_weight}"
+            )
+        self.log_weight: float | None = None  # natural log of the weight; None: the initial
+
+    def bind(
+        self, initial_weight: float, norm_target: float = 1.0, penalty: str = "", every: int = 1
+    ) -> None:
+        super().bind(initial_weight, norm_target, penalty, every)
+        if self.initial_weight <= 0:
+            raise ConfigError(
+                "weight_controller",
+                f"GradientBalance rescales the penalty computed at its initial weight, so "
+                f"{penalty or 'the penalty'}'s initial weight must be > 0, got {initial_weight}",
+            )
+
+    @property
+    def weight(self) -> float:
+        if self.log_weight is None:
+            return min(max(self.initial_weight, self.min_weight), self.max_weight)
+        return math.exp(self.log_weight)
+
+    def loss(self, result: PenaltyResult) -> Tensor:
+        return result.loss * (self.weight / self.initial_weight)
+
+    def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor:
+        """The two gradients as the rows of one tensor: averaged over data-parallel ranks they
+        are the joint batch's gradients (each loss is a mean over the batch), so the weight
+        moves as in one process with the whole batch."""
+        if (
+            measured is None
+            or measured.adversarial_gradient is None
+            or measured.penalty_gradient is None
+        ):
+            raise ValueError("GradientBalance needs the output layer's gradients")
+        return torch.stack(
+            [measured.adversarial_gradient.flatten(), measured.penalty_gradient.flatten()]
+        ).float()
+
+    def update(
+        self,
+        result: PenaltyResult,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+        measured: Measurements | None = None,
+    ) -> None:
+        gradients = self.signal(result, measured)
+        if reduce is not None:
+            gradients = reduce(gradients)
+        adversarial, penalty = (float(norm) for norm in torch.linalg.vector_norm(gradients, dim=1))
+        # log w* = log(balance ‖g_adv‖ / ‖g_pen‖), guarded against zero gradients.
+        self.apply(math.log(self.balance * adversarial + 1e-30) - math.log(penalty + 1e-12))
+
+    def apply(self, signal: float) -> None:
+        if not math.isfinite(signal):
+            return
+        low, high = math.log(self.min_weight), math.log(self.max_weight)
+        target = min(max(signal, low), high)
+        current = math.log(self.weight)
+        self.log_weight = self.smoothing * current + (1 - self.smoothing) * target
+
+    def state_dict(self) -> dict[str, float]:
+        return {"log_weight": self.log_weight}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        saved = state.get("log_weight")
+        self.log_weight = None if saved is None else float(saved)

@@ -23,7 +23,16 @@ import torch
 pytestmark = pytest.mark.slow
 
 STRATEGY = "ddp_find_unused_parameters_true"  # conf/trainer/ddp.yaml
-PARITY_CASES = ("wgan_gp", "r1", "r1_lazy", "wgan_gp_pi", "r1_auc", "r1_norm_ratio", "r3gan")
+PARITY_CASES = (
+    "wgan_gp",
+    "r1",
+    "r1_lazy",
+    "wgan_gp_pi",
+    "r1_auc",
+    "r1_norm_ratio",
+    "r1_balance",
+    "r3gan",
+)
 TOLERANCE = 1e-6
 
 WORKER = r'''
@@ -61,6 +70,8 @@ CASES = {
     "r1_auc": (R1, "non_saturating", "parity", False),
     # The norm-ratio controller on R1: one more input-gradient pass at the generated batch.
     "r1_norm_ratio": (R1, "non_saturating", "parity", False),
+    # The gradient-balance controller: the output layer's two gradients, averaged over the ranks.
+    "r1_balance": (R1, "non_saturating", "parity", False),
     # Two penalty terms (R1 lazy, R2 with a weight schedule) and the relativistic pairing loss,
     # whose generator step scores the real batch too.
     "r3gan": (
@@ -105,6 +116,8 @@ CONTROLLERS = {
         "target": 1e-6,
         "samples_per_decade": 64,
     },
+    # Exact: the mean over ranks of each rank's gradient is the joint batch's gradient.
+    "r1_balance": {"_target_": "lit_gp.penalty_weights.GradientBalance", "smoothing": 0.5},
 }
 LAYOUT = ["parity"]
 DRAWS = [0]
@@ -336,6 +349,8 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(runs: Runs, case: st
         assert single["penalty_weight"] == pytest.approx(10.0 * 10 ** (6 * 16 / 64))
     if case == "r1_norm_ratio":
         assert single["penalty_weight"] == pytest.approx(10.0 * 10 ** (-6 * 16 / 64))
+    if case == "r1_balance":
+        assert abs(single["penalty_weight"] - 10.0) > 1000 * TOLERANCE  # it did move
     # Not trivially equal: training moved the parameters far more than the tolerance.
     assert max_difference(single, single["initial"]) > 1000 * TOLERANCE
 

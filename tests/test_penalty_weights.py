@@ -17,6 +17,7 @@ from lit_gp import ConfigError, GANModule, penalties
 from lit_gp.penalty_weights import (
     AUCTarget,
     AugmentedLagrangian,
+    GradientBalance,
     Measurements,
     NormRatio,
     ProportionalIntegral,
@@ -634,3 +635,120 @@ def test_norm_ratio_refuses_penalties_between_the_data() -> None:
     with pytest.raises(ConfigError) as error:
         NormRatio(target=0)
     assert error.value.key == "target"
+
+
+# --- GradientBalance: the penalty's pull on the output layer against the adversarial loss's ---
+
+
+class AffineCritic(nn.Module):
+    """D(x) = a.x + c: grad_x D = a everywhere, so R1 = gamma/2 ||a||^2 and its gradient in a is
+    gamma a; the Wasserstein loss mean D(fake) - mean D(real) has gradient mean fake - mean real
+    in a."""
+
+    def __init__(self, slope: list[float]) -> None:
+        super().__init__()
+        self.layer = nn.Linear(len(slope), 1).double()
+        with torch.no_grad():
+            self.layer.weight.copy_(torch.tensor([slope], dtype=torch.float64))
+            self.layer.bias.fill_(0.5)
+
+    def forward(self, points: Tensor) -> Tensor:
+        return self.layer(points).squeeze(1)
+
+
+def _balance_objective(gamma: float = 2.0, **kwargs):
+    from lit_gp.losses import get_loss
+    from lit_gp.objective import GANObjective, PenaltyTerm
+
+    term = PenaltyTerm.from_spec(
+        {"_target_": "lit_gp.penalties.r1", "gamma": gamma}, GradientBalance(**kwargs)
+    )
+    return GANObjective(get_loss("wasserstein"), [term]), term
+
+
+def test_balance_measures_the_output_layer_gradients_by_hand() -> None:
+    objective, term = _balance_objective(gamma=2.0, balance=0.5, smoothing=0.75)
+    critic = AffineCritic([3.0, 4.0])  # ||a|| = 5
+    real = torch.tensor([[1.0, 0.0], [3.0, 0.0]], dtype=torch.float64)  # mean (2, 0)
+    fake = torch.tensor([[0.0, 1.0], [0.0, 5.0]], dtype=torch.float64)  # mean (0, 3)
+    step = objective.critic_loss(critic, real, fake, critic_step=0)
+    # The adversarial gradient in a: mean fake - mean real = (-2, 3); the penalty at unit weight
+    # (1/2 ||a||^2) has gradient a, norm 5.
+    torch.testing.assert_close(
+        term.measured.adversarial_gradient, torch.tensor([[-2.0, 3.0]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        term.measured.penalty_gradient, torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    )
+    # Measuring kept the graph: the step's loss still backpropagates.
+    step.loss.backward()
+    objective.after_critic_step()
+    # w* = 0.5 sqrt(13) / 5; log w = 0.75 log 2 + 0.25 log w*.
+    balanced = 0.5 * math.sqrt(13) / 5
+    assert term.controller.weight == pytest.approx(2.0**0.75 * balanced**0.25)
+
+
+def test_balance_forgets_the_initial_weight() -> None:
+    # The same measurements from 0.01 and from 100: the weight reaches the balanced one, 0.3.
+    weights = []
+    for start in (0.01, 100.0):
+        controller = GradientBalance(balance=0.1, smoothing=0.9)
+        controller.bind(start)
+        # ‖g_adv‖ = 6, ‖g_pen‖ = 2.
+        measured = Measurements(
+            torch.zeros(4), torch.zeros(4), None, torch.tensor([6.0, 0.0]), torch.tensor([0.0, 2.0])
+        )
+        for _ in range(150):
+            controller.update(_result(1.0), None, measured)
+        weights.append(controller.weight)
+    # 150 steps leave 0.9^150 = 1.4e-7 of log(start / 0.3): a factor within 1 + 1e-6.
+    assert weights == [pytest.approx(0.3, rel=1e-5)] * 2
+
+
+def test_balance_stays_within_its_bounds_and_restores_its_state() -> None:
+    controller = GradientBalance(smoothing=0.0, min_weight=0.1, max_weight=10.0)
+    controller.bind(1.0)
+    huge = Measurements(
+        torch.zeros(2), torch.zeros(2), None, torch.tensor([1e9]), torch.tensor([1.0])
+    )
+    controller.update(_result(1.0), None, huge)
+    assert controller.weight == pytest.approx(10.0)
+    tiny = Measurements(
+        torch.zeros(2), torch.zeros(2), None, torch.tensor([1e-9]), torch.tensor([1.0])
+    )
+    controller.update(_result(1.0), None, tiny)
+    assert controller.weight == pytest.approx(0.1)
+    restored = GradientBalance(smoothing=0.0, min_weight=0.1, max_weight=10.0)
+    restored.bind(1.0)
+    restored.load_state_dict(controller.state_dict())
+    assert restored.weight == controller.weight
+
+
+def test_bad_balance_settings_name_the_key() -> None:
+    for kwargs, key in [
+        ({"balance": 0}, "balance"),
+        ({"smoothing": 1.0}, "smoothing"),
+        ({"min_weight": 10.0, "max_weight": 1.0}, "max_weight"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            GradientBalance(**kwargs)
+        assert error.value.key == key
+    with pytest.raises(ConfigError, match="must be > 0") as error:
+        GradientBalance().bind(0.0)
+    assert error.value.key == "weight_controller"
+
+
+def test_wgan_gp_with_the_balance_controller_trains_from_the_config(
+    compose_config, tmp_path: Path
+) -> None:
+    import json
+
+    from lit_gp.training import train
+
+    cfg = compose_config("model=wgan_gp", "weight_controller=balance")
+    assert cfg.model.weight_controller._target_ == "lit_gp.penalty_weights.GradientBalance"
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # The weight moved off the configured 10 (towards the balanced one), and stayed in bounds.
+    assert metrics["train/penalty_weight"] != pytest.approx(cfg.model.penalty.weight)
+    assert 1e-4 <= metrics["train/penalty_weight"] <= 1e4

@@ -42,6 +42,7 @@ CONTROLLERS = {
     "lagrangian": {"_target_": "lit_gp.penalty_weights.AugmentedLagrangian"},
     # A decade per 64 samples: the weight moves by a visible factor at every penalized step.
     "auc": {"_target_": "lit_gp.penalty_weights.AUCTarget", "samples_per_decade": 64},
+    "balance": {"_target_": "lit_gp.penalty_weights.GradientBalance"},
 }
 
 
@@ -170,6 +171,7 @@ def checkpoints_in_order(root: Path) -> list[Path]:
         (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "pi"),
         (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "lagrangian"),
         (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "auc"),
+        (MLP_NETS, lambda: ToyDataModule(batch_size=16, num_train=48, num_val=32), "balance"),
         # Dequantization noise is drawn per batch from the restored RNG.
         (DCGAN_NETS, lambda: DigitsDataModule(batch_size=256, dequantize=True), "pi"),
         (
@@ -178,7 +180,14 @@ def checkpoints_in_order(root: Path) -> list[Path]:
             "several_terms",
         ),
     ],
-    ids=["toy_pi", "toy_lagrangian", "toy_auc", "digits_dequantized", "several_terms"],
+    ids=[
+        "toy_pi",
+        "toy_lagrangian",
+        "toy_auc",
+        "toy_balance",
+        "digits_dequantized",
+        "several_terms",
+    ],
 )
 def test_resume_from_every_batch_is_bitwise_identical(
     nets, make_data, controller, tmp_path: Path
@@ -194,6 +203,7 @@ def test_resume_from_every_batch_is_bitwise_identical(
             "pi": "weight_controller.deviation",
             "lagrangian": "weight_controller.multiplier",
             "auc": "weight_controller.log_weight",
+            "balance": "weight_controller.log_weight",
             "several_terms": "gp.deviation",
         }[controller]
     ].isfinite()
