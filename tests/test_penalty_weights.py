@@ -256,49 +256,6 @@ def test_train_writes_final_metrics_json(compose_config, tmp_path: Path) -> None
     assert metrics["train/penalty_weight"] != pytest.approx(0.1)
 
 
-def test_adaptive_weight_experiment_composes(compose_config) -> None:
-    from conftest import QUIET
-
-    cfg = compose_config("experiment=adaptive_weight", "weight_controller=lagrangian", fast=QUIET)
-    assert cfg.model.weight_controller._target_ == "lit_gp.penalty_weights.AugmentedLagrangian"
-    assert cfg.generator_steps == 1000 and cfg.num_threads == 1
-    fixed = compose_config("experiment=adaptive_weight", "weight_controller=fixed", fast=QUIET)
-    assert fixed.model.weight_controller is None
-
-
-def test_adaptive_weight_table_from_hand_written_runs(tmp_path: Path) -> None:
-    import json
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from adaptive_weight_table import table
-
-    runs = [
-        ("fixed", 0.1, 0.5),
-        ("fixed", 10, 0.1),
-        ("pi", 0.1, 0.4),
-        ("pi", 10, 0.45),
-    ]
-    for index, (controller, weight, quality) in enumerate(runs):
-        job = tmp_path / str(index)
-        (job / ".hydra").mkdir(parents=True)
-        (job / ".hydra" / "overrides.yaml").write_text(
-            f"- data=gaussians8\n- model.penalty.weight={weight}\n"
-            f"- weight_controller={controller}\n- seed=0\n"
-        )
-        metrics = {
-            "val/modes_covered": 8.0,
-            "val/high_quality_fraction": quality,
-            "train/grad_norm_deviation": 0.1,
-            "train/penalty_weight": weight,
-        }
-        (job / "metrics.json").write_text(json.dumps(metrics))
-    text = table(tmp_path)
-    assert "| gaussians8 | fixed | 0.1 | 1 | 8.0 | 50.0 | 0.100 | 0.1 |" in text
-    assert "gaussians8, fixed: 40.0 points" in text
-    assert "gaussians8, pi: 5.0 points" in text
-
-
 # --- which penalties a controller can hold ------------------------------------------------------
 
 

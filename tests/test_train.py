@@ -642,7 +642,7 @@ def test_the_resolved_config_is_printed_as_a_tree_and_saved_on_rank_zero_only(
         # debug=fast sets the toy plot's sample counts; the callback stays off.
         (["callbacks=none"], ["GeneratorStepLimit"]),
         (
-            ["experiment=adaptive_weight"],
+            ["callbacks.toy_plot=null"],
             [
                 "GANCheckpoint",
                 "NonFiniteGuard",
