@@ -308,7 +308,16 @@ def penalty_configs(setup: Setup) -> dict[str, dict | None]:
         "r1": configs["r1 finite difference"],
         "r2": configs["r2 finite difference"],
     }
+    # What an adaptive weight adds to the step (conf/weight_controller/): auc reads the scores
+    # the step has (no pass), norm_ratio an input gradient at the free batch, balance the
+    # penalty's and the adversarial loss's gradients on the critic's output layer.
+    for name in ("auc", "norm_ratio", "balance"):
+        controller = f"lit_gp.penalty_weights.{CONTROLLER_CLASSES[name]}"
+        configs[f"r1 {name}"] = {**configs["r1"], "weight_controller": {"_target_": controller}}
     return configs
+
+
+CONTROLLER_CLASSES = {"auc": "AUCTarget", "norm_ratio": "NormRatio", "balance": "GradientBalance"}
 
 
 # --- 3. memory ----------------------------------------------------------------------------
