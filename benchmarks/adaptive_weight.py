@@ -191,6 +191,49 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines).strip()
 
 
+def summary(records: list[dict]) -> str:
+    """One table for the README: a row per data set, penalty and controller, a column per
+    initial weight (modes / high-quality %, or FID on digits; means over seeds), and how far
+    the worst initial weight is behind the best fixed one (modes and high-quality points, or
+    FID %)."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        key = (record["data"], record["model"], record["controller"], record["initial_weight"])
+        groups.setdefault(key, []).append(record)
+    header = ["data, penalty", "controller", *(f"from {w:g}" for w in WEIGHTS), "worst vs best"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for data in DATA:
+        for model in MODELS:
+            best = _best_fixed(data, model, groups)
+            for controller in controllers_in(records):
+                if not any(k[:3] == (data, model, controller) for k in groups):
+                    continue
+                cells, values, modes = [], [], []
+                for weight in WEIGHTS:
+                    runs = groups.get((data, model, controller, weight))
+                    if not runs:
+                        cells.append("not run")
+                        continue
+                    if data == "digits":
+                        values.append(_mean(runs, FID))
+                        cells.append(f"FID {values[-1]:.2f}")
+                    else:
+                        values.append(100 * _mean(runs, "val/high_quality_fraction"))
+                        modes.append(_mean(runs, "val/modes_covered"))
+                        cells.append(f"{modes[-1]:.0f} / {values[-1]:.1f}")
+                if best is None:
+                    worst = "no fixed baseline"
+                elif data == "digits":
+                    worst = f"{100 * (max(values) / best['fid'] - 1):+.0f}% FID"
+                else:
+                    worst = (
+                        f"{best['modes'] - min(modes):.0f} modes, "
+                        f"{best['hq'] - min(values):.1f} points"
+                    )
+                lines.append(f"| {data}, {model} | {controller} | {' | '.join(cells)} | {worst} |")
+    return "\n".join(lines)
+
+
 def _best_fixed(data: str, model: str, groups: dict) -> dict | None:
     """The best fixed weight's mean figures: lowest FID on digits, else highest high-quality
     fraction."""
@@ -332,7 +375,14 @@ def main() -> int:
     if not records:
         print("no results yet")
         return 1
-    markdown = table(records)
+    markdown = "\n\n".join(
+        [
+            "Summary: modes / high-quality % (FID on digits) from each initial weight, means over "
+            "seeds; the last column is the worst start behind the best fixed weight.",
+            summary(records),
+            table(records),
+        ]
+    )
     (args.results / "adaptive_weight.md").write_text(markdown + "\n")
     plot(records, args.results / "adaptive_weight.png")
     print(markdown)

@@ -491,6 +491,20 @@ def test_adaptive_weight_sweep_table_checks_the_target_by_hand() -> None:
         "digits, r1, auc (2 initial weights): worst FID 10.90 vs best fixed 10.00 (weight 1): "
         "+9%, meets the 10% target"
     ) in text
+    summary = adaptive_weight.summary(records)
+    # Means over seeds; the worst start is 76% against the best fixed 79%; FID +9%.
+    assert (
+        "| gaussians8, r1 | fixed | not run | not run | 8 / 79.0 | not run | 0 / 0.0 "
+        "| 8 modes, 79.0 points |"
+    ) in summary
+    assert (
+        "| gaussians8, r1 | auc | 8 / 76.0 | not run | not run | not run | 7 / 78.0 "
+        "| 1 modes, 3.0 points |" in summary
+    )
+    assert (
+        "| digits, r1 | auc | not run | not run | FID 10.90 | not run | FID 10.50 | +9% FID |"
+        in summary
+    )
     assert adaptive_weight.overrides("digits", "r1", "auc", 0.01, 1) == [
         "experiment=r1_digits",
         "seed=1",
