@@ -289,30 +289,13 @@ class AugmentedLagrangian(WeightController):
         self.multiplier = float(state.get("multiplier", self.multiplier))
 
 
-class SignSteps(WeightController):
-    """Moves log10(weight) by a fixed step towards a target, ADA's update (Karras et al. 2020,
-    which moves its augmentation probability so): after every critic step that computes the
-    penalty, with n the real samples since the last move (batch x lazy interval x ranks)::
+class LogWeight(WeightController):
+    """Base of the controllers whose state is the weight's logarithm alone: log10 of the weight,
+    kept within [``min_weight``, ``max_weight``] (nothing winds up), starting at the configured
+    weight, which must be > 0 (the penalty is computed at it and rescaled by factors)."""
 
-        log10 weight += direction * n / samples_per_decade,  clamped to [min, max]
-
-    where ``direction`` is +1, -1 or 0 from the signal (:meth:`direction`). The weight crosses
-    a decade in ``samples_per_decade`` samples, whatever it starts from: 40,000 lets it cross
-    the four decades 0.01-100 in 160,000 samples, a quarter of the shortest run it is meant for
-    (``experiment=r1_digits``: 10,000 steps of 64). The state is the weight's logarithm alone,
-    clamped to the bounds (nothing winds up).
-    """
-
-    def __init__(
-        self,
-        samples_per_decade: float = 40_000,
-        min_weight: float = 1e-4,
-        max_weight: float = 1e4,
-    ) -> None:
+    def __init__(self, min_weight: float = 1e-4, max_weight: float = 1e4) -> None:
         super().__init__()
-        self.samples_per_decade = check_number(
-            "samples_per_decade", samples_per_decade, 0, strict=True
-        )
         self.min_weight = check_number("min_weight", min_weight, 0, strict=True)
         self.max_weight = check_number("max_weight", max_weight, 0, strict=True)
         if self.max_weight < self.min_weight:
@@ -320,7 +303,6 @@ class SignSteps(WeightController):
                 "max_weight", f"must be >= min_weight ({min_weight}), got {max_weight}"
             )
         self.log_weight: float | None = None  # log10 of the weight; None: the initial weight
-        self.samples = 0  # real samples behind the latest signal
 
     def bind(
         self, initial_weight: float, norm_target: float = 1.0, penalty: str = "", every: int = 1
@@ -339,8 +321,44 @@ class SignSteps(WeightController):
             return min(max(self.initial_weight, self.min_weight), self.max_weight)
         return 10.0**self.log_weight
 
+    def _clamped_log(self, log_weight: float) -> float:
+        return min(max(log_weight, math.log10(self.min_weight)), math.log10(self.max_weight))
+
     def loss(self, result: PenaltyResult) -> Tensor:
         return result.loss * (self.weight / self.initial_weight)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"log_weight": self.log_weight}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        saved = state.get("log_weight")
+        self.log_weight = None if saved is None else float(saved)
+
+
+class SignSteps(LogWeight):
+    """Moves log10(weight) by a fixed step towards a target, ADA's update (Karras et al. 2020,
+    which moves its augmentation probability so): after every critic step that computes the
+    penalty, with n the real samples since the last move (batch x lazy interval x ranks)::
+
+        log10 weight += direction * n / samples_per_decade,  clamped to [min, max]
+
+    where ``direction`` is +1, -1 or 0 from the signal (:meth:`direction`). The weight crosses
+    a decade in ``samples_per_decade`` samples, whatever it starts from: 40,000 lets it cross
+    the four decades 0.01-100 in 160,000 samples, a quarter of the shortest run it is meant for
+    (``experiment=r1_digits``: 10,000 steps of 64).
+    """
+
+    def __init__(
+        self,
+        samples_per_decade: float = 40_000,
+        min_weight: float = 1e-4,
+        max_weight: float = 1e4,
+    ) -> None:
+        super().__init__(min_weight, max_weight)
+        self.samples_per_decade = check_number(
+            "samples_per_decade", samples_per_decade, 0, strict=True
+        )
+        self.samples = 0  # real samples behind the latest signal
 
     def _count(self, measured: Measurements) -> None:
         world = (
@@ -358,15 +376,7 @@ class SignSteps(WeightController):
         if not math.isfinite(signal):
             return
         step = self.direction(signal) * self.samples / self.samples_per_decade
-        low, high = math.log10(self.min_weight), math.log10(self.max_weight)
-        self.log_weight = min(max(math.log10(self.weight) + step, low), high)
-
-    def state_dict(self) -> dict[str, float]:
-        return {"log_weight": self.log_weight}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        saved = state.get("log_weight")
-        self.log_weight = None if saved is None else float(saved)
+        self.log_weight = self._clamped_log(math.log10(self.weight) + step)
 
 
 def _sign(value: float) -> int:
@@ -442,15 +452,15 @@ class NormRatio(SignSteps):
         return -_sign(signal - math.log(self.target))
 
 
-class GradientBalance(WeightController):
+class GradientBalance(LogWeight):
     """Sets the weight so that the penalty pulls on the critic's output layer ``balance`` times
     as hard as the adversarial loss does: the adaptive weight of Esser et al. 2021 ("Taming
     Transformers", which balances a GAN loss against a reconstruction loss so), here between
     the critic's two losses. With g_adv and g_pen the gradients of the adversarial loss and of
     the penalty at unit weight on the weight matrix of the critic's last layer::
 
-        w* = balance * ‖g_adv‖ / (‖g_pen‖ + 1e-12)
-        log w ← smoothing * log w + (1 − smoothing) * log w*,  clamped to [min, max]
+        w* = balance * ‖g_adv‖ / (‖g_pen‖ + 1e-12),  clamped to [min, max]
+        log w ← smoothing * log w + (1 − smoothing) * log w*
 
     A weight too strong for the critic's optimizer (the penalty's gradient swamping the
     adversarial one, so that Adam's normalized step is all penalty) is brought down as surely
@@ -458,6 +468,10 @@ class GradientBalance(WeightController):
     penalized steps (smoothing 0.9: its share is 0.9^n). It works for every penalty and loss.
     Measuring g_pen costs one more backward pass through the penalty's gradient graph (first
     order in the parameters) per penalized step; g_adv is nearly free.
+
+    Measured (README, "Adaptive penalty weight"): the adversarial gradient vanishes as the
+    generator matches the data, so on the toy sets the weight drifts to its floor late in every
+    run; it is the best of the five designs there by the worst start, not a solution.
     """
 
     needs_parameter_gradients = True
@@ -469,38 +483,11 @@ class GradientBalance(WeightController):
         min_weight: float = 1e-4,
         max_weight: float = 1e4,
     ) -> None:
-        super().__init__()
+        super().__init__(min_weight, max_weight)
         self.balance = check_number("balance", balance, 0, strict=True)
         self.smoothing = check_number("smoothing", smoothing, 0)
         if self.smoothing >= 1:
             raise ConfigError("smoothing", f"must be < 1, got {smoothing!r}")
-        self.min_weight = check_number("min_weight", min_weight, 0, strict=True)
-        self.max_weight = check_number("max_weight", max_weight, 0, strict=True)
-        if self.max_weight < self.min_weight:
-            raise ConfigError(
-                "max_weight", f"must be >= min_weight ({min_weight}), got {max_weight}"
-            )
-        self.log_weight: float | None = None  # natural log of the weight; None: the initial
-
-    def bind(
-        self, initial_weight: float, norm_target: float = 1.0, penalty: str = "", every: int = 1
-    ) -> None:
-        super().bind(initial_weight, norm_target, penalty, every)
-        if self.initial_weight <= 0:
-            raise ConfigError(
-                "weight_controller",
-                f"GradientBalance rescales the penalty computed at its initial weight, so "
-                f"{penalty or 'the penalty'}'s initial weight must be > 0, got {initial_weight}",
-            )
-
-    @property
-    def weight(self) -> float:
-        if self.log_weight is None:
-            return min(max(self.initial_weight, self.min_weight), self.max_weight)
-        return math.exp(self.log_weight)
-
-    def loss(self, result: PenaltyResult) -> Tensor:
-        return result.loss * (self.weight / self.initial_weight)
 
     def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor:
         """The two gradients as the rows of one tensor: averaged over data-parallel ranks they
@@ -526,20 +513,13 @@ class GradientBalance(WeightController):
         if reduce is not None:
             gradients = reduce(gradients)
         adversarial, penalty = (float(norm) for norm in torch.linalg.vector_norm(gradients, dim=1))
-        # log w* = log(balance ‖g_adv‖ / ‖g_pen‖), guarded against zero gradients.
-        self.apply(math.log(self.balance * adversarial + 1e-30) - math.log(penalty + 1e-12))
+        # log10 w* = log10(balance ‖g_adv‖ / ‖g_pen‖), guarded against zero gradients.
+        self.apply(math.log10(self.balance * adversarial + 1e-30) - math.log10(penalty + 1e-12))
 
     def apply(self, signal: float) -> None:
         if not math.isfinite(signal):
             return
-        low, high = math.log(self.min_weight), math.log(self.max_weight)
-        target = min(max(signal, low), high)
-        current = math.log(self.weight)
-        self.log_weight = self.smoothing * current + (1 - self.smoothing) * target
-
-    def state_dict(self) -> dict[str, float]:
-        return {"log_weight": self.log_weight}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        saved = state.get("log_weight")
-        self.log_weight = None if saved is None else float(saved)
+        current = math.log10(self.weight)
+        self.log_weight = self.smoothing * current + (1 - self.smoothing) * self._clamped_log(
+            signal
+        )
