@@ -69,11 +69,10 @@ def output_layer_weight(critic: Critic) -> Tensor:
     return weights[-1]
 
 
-def output_layer_gradient(critic: Critic, loss: Tensor, scale: float = 1.0) -> Tensor:
-    """∂loss/∂W for the weight matrix W of the critic's last layer, detached (the graph is kept
-    for the step's backward). ``scale`` multiplies the loss first, so that an fp16 loss scale
-    keeps the gradient from underflowing, and is divided out again."""
-    weight = output_layer_weight(critic)
+def output_layer_gradient(weight: Tensor, loss: Tensor, scale: float = 1.0) -> Tensor:
+    """∂loss/∂W for the weight matrix W of the critic's last layer (:func:`output_layer_weight`),
+    detached (the graph is kept for the step's backward). ``scale`` multiplies the loss first,
+    so that an fp16 loss scale keeps the gradient from underflowing, and is divided out again."""
     (gradient,) = torch.autograd.grad(loss * scale, weight, retain_graph=True, allow_unused=True)
     if gradient is None:
         return torch.zeros_like(weight).detach()
@@ -259,12 +258,13 @@ class PenaltyTerm:
                 if adversarial is None:
                     raise ValueError(f"{self.name}'s weight controller needs the adversarial loss")
                 scale = 1.0 if loss_scale is None else float(loss_scale)
+                weight = output_layer_weight(critic)
                 self.measured.adversarial_gradient = output_layer_gradient(
-                    critic, adversarial, scale
+                    weight, adversarial, scale
                 )
                 # The penalty at unit weight: it was computed at the controller's initial one.
                 self.measured.penalty_gradient = output_layer_gradient(
-                    critic, result.loss, scale
+                    weight, result.loss, scale
                 ) / float(self.controller.initial_weight)
         norm = result.grad_norm
         self.logs = {

@@ -162,9 +162,7 @@ class ProportionalIntegral(WeightController):
         self.tolerance = check_number("tolerance", tolerance, 0)
         self.kp = check_number("kp", kp, 0)
         self.ki = check_number("ki", ki, 0)
-        self.smoothing = check_number("smoothing", smoothing, 0)
-        if self.smoothing >= 1:
-            raise ConfigError("smoothing", f"must be < 1, got {smoothing!r}")
+        self.smoothing = check_number("smoothing", smoothing, 0, 1, strict_maximum=True)
         self.min_weight = check_number("min_weight", min_weight, 0, strict=True)
         self.max_weight = check_number("max_weight", max_weight, 0, strict=True)
         if self.max_weight < self.min_weight:
@@ -485,9 +483,7 @@ class GradientBalance(LogWeight):
     ) -> None:
         super().__init__(min_weight, max_weight)
         self.balance = check_number("balance", balance, 0, strict=True)
-        self.smoothing = check_number("smoothing", smoothing, 0)
-        if self.smoothing >= 1:
-            raise ConfigError("smoothing", f"must be < 1, got {smoothing!r}")
+        self.smoothing = check_number("smoothing", smoothing, 0, 1, strict_maximum=True)
 
     def signal(self, result: PenaltyResult, measured: Measurements | None = None) -> Tensor:
         """The two gradients as the rows of one tensor: averaged over data-parallel ranks they
