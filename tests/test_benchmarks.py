@@ -214,3 +214,28 @@ def test_a_matrix_cell_records_its_metrics_and_its_own_cpu_time(tmp_path: Path) 
         benchmarks_quality.run_cell("gaussians8", "r1", 4, 1, results, work, 600, ["seed=x"]) == {}
     )
     assert not (results / "gaussians8" / "r1" / "seed4.json").exists()
+
+
+def _quality_record(results: Path, data: str, model: str, seed: int, metrics: dict) -> None:
+    path = results / data / model / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"data": data, "model": model, "seed": seed, "metrics": metrics}
+    path.write_text(json.dumps({**record, "wall_seconds": 120.0, "cpu_seconds": 60.0}))
+
+
+def test_a_partial_quality_call_keeps_every_cell_in_the_table(tmp_path: Path, monkeypatch) -> None:
+    """--table-only (or a --rerun) of one data set and one model rewrites quality.md from every
+    cell in the results folder, not from the selected piece only."""
+    results = tmp_path / "results"
+    ring = {"val/modes_covered": 8, "val/high_quality_fraction": 0.8}
+    _quality_record(results, "gaussians8", "r1", 0, ring)
+    _quality_record(results, "gaussians8", "dragan", 0, {**ring, "val/modes_covered": 6})
+    _quality_record(results, "swissroll", "r1", 0, {"val/w1_distance": 0.07})
+    argv = ["quality.py", "--table-only", "--results", str(results)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--data", "gaussians8", "--models", "r1"])
+    assert benchmarks_quality.main() == 0
+    written = (results / "quality.md").read_text()
+    assert "| model | gaussians8 | swissroll |" in written
+    assert "| `r1` | modes 8.0, hq 80.0%; 2.0 min (1.0 min CPU); 1 seed | W1 0.070;" in written
+    assert "| `dragan` | modes 6.0, hq 80.0%; 2.0 min (1.0 min CPU); 1 seed | not run |" in written
+    assert (results / "quality.png").stat().st_size > 0

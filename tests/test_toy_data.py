@@ -235,10 +235,14 @@ def test_the_grid_has_its_own_defaults_and_the_other_toy_sets_keep_the_papers(co
         assert paper.generator_steps == 3000
         assert paper.model.critic_optimizer.lr == paper.model.generator_optimizer.lr == 1e-4
         assert paper.model.generator.hidden_dim == paper.model.critic.hidden_dim == 512
-    # R3GAN keeps its own learning-rate schedule; the command line and experiments still win.
-    assert (
-        compose_config("model=r3gan", "data=gaussians25", fast=[]).model.critic_optimizer.lr == 2e-4
-    )
+    # R3GAN takes the grid's rate too (its cosine keeps its own end), and its own 2e-4 elsewhere;
+    # the command line and experiments still win.
+    for model in ("r3gan", "r3gan_fd"):
+        r3gan_grid = compose_config(f"model={model}", "data=gaussians25", fast=[]).model
+        assert r3gan_grid.critic_optimizer.lr == r3gan_grid.generator_optimizer.lr == 2e-3
+        assert r3gan_grid.critic_scheduler[0].eta_min == 5e-5
+        r3gan_ring = compose_config(f"model={model}", "data=gaussians8", fast=[]).model
+        assert r3gan_ring.critic_optimizer.lr == r3gan_ring.generator_optimizer.lr == 2e-4
     assert compose_config("data=gaussians25", "generator_steps=10", fast=[]).generator_steps == 10
     quick = compose_config("data=gaussians25", "experiment=toy_quick", fast=[])
     assert quick.generator_steps == 700
