@@ -129,8 +129,8 @@ def _spread(values: list[float], fmt: str) -> str:
 
 
 def present(names: list[str], order: tuple[str, ...]) -> list[str]:
-    """The distinct ``names`` in ``order``, then any not in it (cells of a model or data set
-    this version of the script no longer lists) in the order first seen."""
+    """The distinct ``names`` in ``order``, then any not in it (a model this version of the
+    script no longer lists; its cells are still results) in the order first seen."""
     known = [name for name in order if name in names]
     return known + [name for name in dict.fromkeys(names) if name not in order]
 
@@ -247,7 +247,8 @@ def main() -> int:
         print("no results yet")
         return 1
     models = present([r["model"] for r in records], MODELS)
-    data_sets = present([r["data"] for r in records], DATA)
+    # Only the data sets this script knows how to score (METRICS, PLOTTED).
+    data_sets = [data for data in DATA if any(r["data"] == data for r in records)]
     markdown = table(records, models, data_sets)
     (args.results / "quality.md").write_text(markdown + "\n")
     plot(records, models, data_sets, args.results / "quality.png")

@@ -218,11 +218,13 @@ class GANModule(LitGPModule):
             return {"critic": self.critic, "generator": self.generator}
         for term in self.penalty_terms:
             if term.needs_double_backward:
+                estimator_key = f"model.penalty.{term.name + '.' if term.named else ''}estimator"
                 raise ConfigError(
                     "compile",
                     f"torch.compile does not support the double backward of the exact "
                     f"{term.name} penalty; use a finite-difference estimator "
-                    "(model.penalty.estimator=finite_difference for r1, r2) or compile=false",
+                    f"({estimator_key}=finite_difference, for r1 and r2) or "
+                    "compile=false",
                 )
         return {"critic": torch.compile(self.critic), "generator": torch.compile(self.generator)}
 

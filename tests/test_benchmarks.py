@@ -231,6 +231,8 @@ def test_a_partial_quality_call_keeps_every_cell_in_the_table(tmp_path: Path, mo
     _quality_record(results, "gaussians8", "r1", 0, ring)
     _quality_record(results, "gaussians8", "dragan", 0, {**ring, "val/modes_covered": 6})
     _quality_record(results, "swissroll", "r1", 0, {"val/w1_distance": 0.07})
+    # A data set the script no longer scores is left out, not a KeyError.
+    _quality_record(results, "moons", "r1", 0, {"val/w1_distance": 0.1})
     argv = ["quality.py", "--table-only", "--results", str(results)]
     monkeypatch.setattr(sys, "argv", [*argv, "--data", "gaussians8", "--models", "r1"])
     assert benchmarks_quality.main() == 0

@@ -238,6 +238,9 @@ def test_compile_is_refused_for_exact_penalties(compose_config, model) -> None:
     assert caught.value.key == "model.compile"
     assert "double backward" in str(caught.value)
     assert "\n" not in str(caught.value)
+    # The hint names the key to set: each named term's own estimator in r3gan.
+    estimator_key = "model.penalty.r1.estimator" if model == "r3gan" else "model.penalty.estimator"
+    assert f"({estimator_key}=finite_difference" in str(caught.value)
 
 
 def test_compile_must_be_a_bool() -> None:
