@@ -145,6 +145,12 @@ def interpolates(real: Tensor, fake: Tensor) -> Tensor:
     return torch.lerp(fake.to(real.dtype), real, eps)
 
 
+def random_directions(points: Tensor, directions: int) -> Tensor:
+    """``directions`` draws u ~ N(0, I) of the shape of ``points``: (directions, *points.shape),
+    independent per sample and direction (the finite-difference estimator's u_k)."""
+    return torch.randn((directions, *points.shape), device=points.device, dtype=points.dtype)
+
+
 def perturbed_real(real: Tensor, c: float = 0.5) -> Tensor:
     """DRAGAN's points (official code): x + alpha * (x_p - x) with x_p = x + c * std(x) * u,
     u ~ U[0, 1] per element, std over the whole batch, one alpha ~ U[0, 1] per sample."""
@@ -280,7 +286,7 @@ def finite_difference_penalty(
     sigma there (the bias above grows as sigma^2) or train the critic in 32-true.
     """
     batch = points.shape[0]
-    noise = torch.randn((directions, *points.shape), device=points.device, dtype=points.dtype)
+    noise = random_directions(points, directions)
     shifted_points = (points.unsqueeze(0) + sigma * noise).flatten(0, 1)
     # Two separate calls: D(x) on the very tensor received (a cache may answer it), then every
     # perturbed point at once.

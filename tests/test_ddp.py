@@ -32,6 +32,7 @@ PARITY_CASES = (
     "r1_norm_ratio",
     "r1_balance",
     "r3gan",
+    "r3gan_fd",
 )
 TOLERANCE = 1e-6
 
@@ -92,6 +93,32 @@ CASES = {
         "parity",
         False,
     ),
+    # Both terms by the finite-difference estimator (its directions drawn as the noise is), R1
+    # with a gradient-balance controller of its own and R2 at a fixed weight.
+    "r3gan_fd": (
+        {
+            "r1": {
+                **R1,
+                "estimator": "finite_difference",
+                "sigma": 0.01,
+                "directions": 2,
+                "weight_controller": {
+                    "_target_": "lit_gp.penalty_weights.GradientBalance",
+                    "smoothing": 0.5,
+                },
+            },
+            "r2": {
+                "_target_": "lit_gp.penalties.r2",
+                "gamma": 10.0,
+                "estimator": "finite_difference",
+                "sigma": 0.01,
+                "directions": 2,
+            },
+        },
+        "relativistic_pairing",
+        "parity",
+        False,
+    ),
     # Wrong on purpose: every rank takes the same rows of the noise and eps draws.
     "wgan_gp_same_draws": (WGAN_GP, "wasserstein", "same_rows", False),
     # GANModule's own noise, without and with lit_gp.distributed.seed_per_rank.
@@ -140,8 +167,18 @@ def interpolates(real, fake):
     return torch.lerp(fake.to(real.dtype), real, eps)
 
 
+def random_directions(points, directions):
+    """The finite-difference directions of this rank's rows of one draw for the joint batch."""
+    shape = points.shape[1:]
+    rows = rows_of_this_rank(
+        points.shape[0], lambda m, g: torch.randn(m, directions, *shape, generator=g)
+    )
+    return rows.transpose(0, 1).to(points.device, points.dtype)
+
+
 ORIGINAL_INTERPOLATES = penalties.interpolates
 penalties.interpolates = interpolates  # wgan_gp looks it up in its module at call time
+penalties.random_directions = random_directions  # as the finite-difference estimator does
 
 
 class ParityGAN(GANModule):
@@ -349,7 +386,7 @@ def test_two_ranks_of_batch_b_match_one_process_of_batch_2b(runs: Runs, case: st
         assert single["penalty_weight"] == pytest.approx(10.0 * 10 ** (6 * 16 / 64))
     if case == "r1_norm_ratio":
         assert single["penalty_weight"] == pytest.approx(10.0 * 10 ** (-6 * 16 / 64))
-    if case == "r1_balance":
+    if case in ("r1_balance", "r3gan_fd"):
         assert abs(single["penalty_weight"] - 10.0) > 1000 * TOLERANCE  # it did move
     # Not trivially equal: training moved the parameters far more than the tolerance.
     assert max_difference(single, single["initial"]) > 1000 * TOLERANCE
