@@ -128,13 +128,6 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{mean} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def present(names: list[str], order: tuple[str, ...]) -> list[str]:
-    """The distinct ``names`` in ``order``, then any not in it (a model this version of the
-    script no longer lists; its cells are still results) in the order first seen."""
-    known = [name for name in order if name in names]
-    return known + [name for name in dict.fromkeys(names) if name not in order]
-
-
 def table(records: list[dict], models: list[str], data_sets: list[str]) -> str:
     """One markdown table: a row per model, a column per data set."""
     by_cell: dict[tuple[str, str], list[dict]] = {}
@@ -246,8 +239,8 @@ def main() -> int:
     if not records:
         print("no results yet")
         return 1
-    models = present([r["model"] for r in records], MODELS)
-    # Only the data sets this script knows how to score (METRICS, PLOTTED).
+    # The models and data sets this script lists (it knows how to score those), in its order.
+    models = [model for model in MODELS if any(r["model"] == model for r in records)]
     data_sets = [data for data in DATA if any(r["data"] == data for r in records)]
     markdown = table(records, models, data_sets)
     (args.results / "quality.md").write_text(markdown + "\n")
